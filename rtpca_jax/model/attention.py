@@ -1,0 +1,93 @@
+"""Multi-head attention whose keys/values may come from a refined sequence and
+may be extended by keys/values handed over from another block."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rtpca_jax.model.pyramid import Pyramid, adaptive_avg_pool
+from rtpca_jax.model.spec import ModelSpec
+
+KV = tuple[jax.Array, jax.Array]  # keys, values: [N, S, H, d] each
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    impl: str,
+    dropout_rate: float = 0.0,
+    dropout_rng: Optional[jax.Array] = None,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``.
+
+    Goes through ``jax.nn.dot_product_attention`` (XLA's fused path, cuDNN
+    flash attention where asked) unless the semantics differ: that function
+    always takes the softmax in float32, so float64 inputs, attention dropout
+    and ``impl='einsum'`` use the explicit form.
+    """
+    scale = q.shape[-1] ** -0.5
+    explicit = impl == "einsum" or q.dtype == jnp.float64 or (dropout_rate > 0 and dropout_rng is not None)
+    if not explicit:
+        implementation = None if impl == "auto" else impl
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    logits = jnp.einsum("nthd,nshd->nhts", q, k) * jnp.asarray(scale, q.dtype)
+    probs = jax.nn.softmax(logits.astype(jnp.promote_types(q.dtype, jnp.float32)), axis=-1)
+    probs = probs.astype(v.dtype)
+    if dropout_rate > 0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(v.dtype)
+    return jnp.einsum("nhts,nshd->nthd", probs, v)
+
+
+def pool_kv(kv: KV, length: int) -> KV:
+    """XLR: adaptive average pooling of handed-over keys/values along tokens."""
+    return tuple(adaptive_avg_pool(t, length, axis=1) for t in kv)  # type: ignore[return-value]
+
+
+class Attention(nn.Module):
+    """Attention over ``h[N, L, C]``.
+
+    Queries come from ``h``; keys/values from ``h`` or, with ``tpca``, from the
+    TPCA-refined ``h``.  ``extra_kv`` (already pooled) is concatenated after the
+    block's own keys/values.  Returns the projected output and the keys/values
+    the block attended to (own, or own + extra).
+    """
+
+    spec: ModelSpec
+    tpca: bool = False
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, h: jax.Array, extra_kv: Optional[KV] = None) -> tuple[jax.Array, KV]:
+        s = self.spec
+        n, length, c = h.shape
+        dense = lambda features, name: nn.Dense(  # noqa: E731
+            features, use_bias=s.qkv_bias, dtype=s.dtype, param_dtype=s.param_dtype,
+            kernel_init=nn.initializers.truncated_normal(0.02), name=name,
+        )
+        kv_src = Pyramid(s, name="pyramid")(h) if self.tpca else h
+        q = dense(c, "q")(h).reshape(n, length, s.num_heads, s.head_dim)
+        kv = dense(2 * c, "kv")(kv_src)
+        k = kv[..., :c].reshape(n, length, s.num_heads, s.head_dim)
+        v = kv[..., c:].reshape(n, length, s.num_heads, s.head_dim)
+        if extra_kv is not None:
+            k = jnp.concatenate([k, extra_kv[0].astype(k.dtype)], axis=1)
+            v = jnp.concatenate([v, extra_kv[1].astype(v.dtype)], axis=1)
+        use_drop = self.train and s.attn_drop_rate > 0
+        out = attend(
+            q, k, v, impl=s.attention_impl, dropout_rate=s.attn_drop_rate if use_drop else 0.0,
+            dropout_rng=self.make_rng("dropout") if use_drop else None,
+        )
+        out = out.reshape(n, length, c)
+        out = nn.Dense(
+            c, dtype=s.dtype, param_dtype=s.param_dtype,
+            kernel_init=nn.initializers.truncated_normal(0.02), name="proj",
+        )(out)
+        out = nn.Dropout(s.drop_rate, deterministic=not self.train)(out)
+        return out, (k, v)

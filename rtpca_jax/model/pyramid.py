@@ -1,0 +1,143 @@
+"""TPCA: temporal pyramidal compression and amplification of keys/values.
+
+Everything here works on sequences ``x[N, L, C]`` with time on axis 1.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rtpca_jax.model.spec import ModelSpec, upsample_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def adaptive_pool_matrix(length: int, out_length: int) -> np.ndarray:
+    """Averaging matrix ``[out_length, length]`` of PyTorch's AdaptiveAvgPool1d.
+
+    Output bin ``i`` averages inputs ``[floor(i*L/n), ceil((i+1)*L/n))``.
+    """
+    if length < 1 or out_length < 1:
+        raise ValueError(f"adaptive pool from {length} to {out_length}: lengths must be >= 1")
+    m = np.zeros((out_length, length), dtype=np.float64)
+    for i in range(out_length):
+        start = (i * length) // out_length
+        end = -((-(i + 1) * length) // out_length)  # ceil
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, out_length: int, axis: int = 1) -> jax.Array:
+    """Adaptive average pooling of ``x`` along ``axis`` as one matrix product."""
+    length = x.shape[axis]
+    m = jnp.asarray(adaptive_pool_matrix(length, out_length), dtype=x.dtype)
+    x = jnp.moveaxis(x, axis, -1)
+    y = jnp.einsum("...l,nl->...n", x, m)
+    return jnp.moveaxis(y, -1, axis)
+
+
+class TimeLayerNorm(nn.Module):
+    """LayerNorm over the time axis (axis 1) with one affine pair per time step.
+
+    The official pyramid applies ``nn.LayerNorm(L)`` to tensors laid out
+    ``[N, C, L]``, i.e. it normalises each channel's time series.
+    """
+
+    length: int
+    eps: float = 1e-5
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[1] != self.length:
+            raise ValueError(f"TimeLayerNorm expects {self.length} time steps, got {x.shape[1]}")
+        scale = self.param("scale", nn.initializers.ones, (self.length,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.length,), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, scale)
+        stat_dtype = jnp.promote_types(dtype, jnp.float32)
+        xs = x.astype(stat_dtype)
+        mean = jnp.mean(xs, axis=1, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=1, keepdims=True)
+        y = (xs - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * scale.astype(stat_dtype)[None, :, None] + bias.astype(stat_dtype)[None, :, None]
+        return y.astype(dtype)
+
+
+class DepthwiseUpsample(nn.Module):
+    """Depthwise ``ConvTranspose1d(C, C, k, stride=r, groups=C)`` along time.
+
+    ``out[r*i + t, c] += kernel[t, c] * x[i, c]`` plus a per-channel bias, with
+    ``k = out_length - r*(L_in - 1)`` so the output has exactly ``out_length``
+    steps.  Written as a scatter-free reshape: taps ``t < r`` land in block ``i``
+    and taps ``t >= r`` in block ``i + 1``.
+    """
+
+    out_length: int
+    ratio: int
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, l_in, c = x.shape
+        r = self.ratio
+        k = upsample_kernel(l_in, self.out_length, r)
+        if not r <= k <= 2 * r - 1:
+            raise ValueError(
+                f"upsampling {l_in} -> {self.out_length} with stride {r} needs kernel {k}, "
+                f"outside [{r}, {2 * r - 1}]"
+            )
+        kernel = self.param("kernel", nn.initializers.truncated_normal(0.02), (k, c), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, kernel)
+        x = x.astype(dtype)
+        kernel = kernel.astype(dtype)
+        # taps[n, i, t, c] = x[n, i, c] * kernel[t, c]
+        taps = x[:, :, None, :] * kernel[None, None, :, :]
+        first = jnp.pad(taps[:, :, :r], ((0, 0), (0, 1), (0, 0), (0, 0)))
+        second = jnp.pad(taps[:, :, r:], ((0, 0), (1, 0), (0, 2 * r - k), (0, 0)))
+        out = (first + second).reshape(n, (l_in + 1) * r, c)[:, : self.out_length]
+        return out + bias.astype(dtype)
+
+
+class Pyramid(nn.Module):
+    """TPCA refinement of ``h[N, F, C]`` into the keys/values source.
+
+    ``p_k = GELU(LN_k(pool(p_{k-1})))`` for k = 1..n (p_0 = h); then from the
+    coarsest level up, ``c = GELU(upLN_k(up_k(c + p_k)))`` (no skip at the
+    coarsest level); finally ``LayerNorm_C(c + h)``.
+    """
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        s = self.spec
+        lengths = s.pyramid_lengths
+        n = s.pyramid_levels
+        gelu = functools.partial(jax.nn.gelu, approximate=s.gelu_approximate)
+        tln = functools.partial(
+            TimeLayerNorm, eps=s.pyramid_ln_eps, dtype=s.dtype, param_dtype=s.param_dtype
+        )
+        levels = [h]
+        p = h
+        for k in range(1, n + 1):
+            p = gelu(tln(lengths[k], name=f"pool_norm_{k}")(adaptive_avg_pool(p, lengths[k])))
+            levels.append(p)
+        c = levels[n]
+        for k in range(n, 0, -1):
+            inp = c if k == n else c + levels[k]
+            up = DepthwiseUpsample(
+                lengths[k - 1], s.pyramid_ratio, dtype=s.dtype, param_dtype=s.param_dtype,
+                name=f"up_{k}",
+            )(inp)
+            c = gelu(tln(lengths[k - 1], name=f"up_norm_{k}")(up))
+        return nn.LayerNorm(
+            epsilon=s.pyramid_ln_eps, dtype=s.dtype, param_dtype=s.param_dtype,
+            use_fast_variance=False, name="out_norm",
+        )(c + h)

@@ -1,0 +1,72 @@
+"""The full network: alternating spatial / temporal transformer (MixSTE) with
+optional TPCA key/value refinement and XLR cross-layer refinement (RTPCA)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rtpca_jax.model.blocks import Block, layer_norm
+from rtpca_jax.model.spec import ModelSpec
+
+
+class PoseTransformer(nn.Module):
+    """``pose2d[B, F, J, in_dim] -> pose3d[B, F, J, out_dim]``."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, pose2d: jax.Array, train: bool = False) -> jax.Array:
+        s = self.spec
+        if pose2d.ndim != 4 or pose2d.shape[1:] != (s.num_frames, s.num_joints, s.in_dim):
+            raise ValueError(
+                f"pose2d has shape {tuple(pose2d.shape)}; the model expects "
+                f"[batch, {s.num_frames}, {s.num_joints}, {s.in_dim}]"
+            )
+        b, f, j, _ = pose2d.shape
+        c = s.width
+        pos_init = nn.initializers.truncated_normal(0.02)
+        x = nn.Dense(
+            c, dtype=s.dtype, param_dtype=s.param_dtype,
+            kernel_init=nn.initializers.truncated_normal(0.02), name="embed",
+        )(pose2d if s.dtype is None else pose2d.astype(s.dtype))
+        spatial_pos = self.param("spatial_pos", pos_init, (j, c), s.param_dtype)
+        temporal_pos = self.param("temporal_pos", pos_init, (f, c), s.param_dtype)
+        x = x + spatial_pos.astype(x.dtype)
+        x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
+
+        block_cls = nn.remat(Block) if s.remat else Block
+        rates = np.linspace(0.0, s.drop_path_rate, s.depth) if s.depth > 1 else [0.0]
+        spatial_norm = layer_norm(s, s.block_ln_eps, "spatial_norm")
+        temporal_norm = layer_norm(s, s.block_ln_eps, "temporal_norm")
+        prev_kv = None
+        for i in range(s.depth):
+            # Spatial stream: sequences of J joints, one per (clip, frame).
+            x = x.reshape(b * f, j, c)
+            x, _ = block_cls(s, float(rates[i]), train=train, name=f"spatial_block_{i}")(x)
+            x = spatial_norm(x)
+            # Temporal stream: sequences of F frames, one per (clip, joint).
+            x = x.reshape(b, f, j, c).transpose(0, 2, 1, 3).reshape(b * j, f, c)
+            if i == 0:
+                x = x + temporal_pos.astype(x.dtype)
+                x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
+            xlr_in = s.xlr and i > 0
+            x, kv = block_cls(
+                s, float(rates[i]), tpca=s.tpca, xlr_in=xlr_in, train=train,
+                name=f"temporal_block_{i}",
+            )(x, prev_kv if xlr_in else None)
+            prev_kv = kv if s.xlr else None
+            x = temporal_norm(x)
+            x = x.reshape(b, j, f, c).transpose(0, 2, 1, 3)
+            if s.double_temporal_output and i > 0:
+                x = x + x
+        x = layer_norm(s, s.head_ln_eps, "head_norm")(x)
+        out = nn.Dense(
+            s.out_dim, dtype=s.dtype, param_dtype=s.param_dtype,
+            kernel_init=nn.initializers.truncated_normal(0.02), name="head",
+        )(x)
+        if s.dtype is not None:
+            out = out.astype(jnp.promote_types(s.param_dtype, jnp.float32))
+        return out
