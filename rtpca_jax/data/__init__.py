@@ -1,0 +1,1 @@
+"""Datasets: joint layouts, camera geometry, file readers and the tf.data pipeline."""
