@@ -59,6 +59,7 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.log_every_steps = 50
     c.train.max_steps_per_epoch = ml_collections.FieldReference(None, field_type=int)
+    c.train.report_baselines = False  # print P1/P2 beside closed-form baselines at the end
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8

@@ -1,0 +1,38 @@
+"""The main command's config: RTPCA sized for a 2-core CPU, trained on the
+CMU motion capture shipped inside the package (4 virtual cameras, 30 fps),
+evaluated on its held-out clips.  ``python train.py`` uses it."""
+
+from rtpca_jax.config_lib import base_config
+
+
+def get_config():
+    c = base_config("rtpca")
+    m = c.model
+    m.num_frames = 27
+    m.width = 32
+    m.depth = 4
+    m.num_heads = 8
+    m.mlp_ratio = 2.0
+    m.drop_path_rate = 0.0
+    m.pyramid_ratio = 2
+    m.pyramid_levels = 3  # 27 -> 13 -> 6 -> 3
+
+    c.data.source = "cmu"
+    c.data.root = ""  # the shipped file
+    c.data.train_subjects = ()
+    c.data.test_subjects = ()
+    c.data.downsample = 2  # 60 -> 30 fps
+    c.data.clip_stride = 9  # overlapping training clips
+
+    t = c.train
+    t.batch_size = 32
+    t.num_epochs = 8
+    t.lr = 1e-3
+    t.lr_decay = 0.8
+    t.weight_decay = 0.01
+    t.grad_clip_norm = 1.0
+    t.checkpoint_every_epochs = 1
+    t.keep_checkpoints = 2
+    t.report_baselines = True
+    c.eval.batch_size = 64
+    return c
