@@ -5,4 +5,6 @@ from rtpca_jax.config_lib import base_config
 
 
 def get_config():
-    return base_config("ste")
+    c = base_config("ste")
+    c.data.root = "data/h36m"
+    return c

@@ -4,4 +4,6 @@ from rtpca_jax.config_lib import base_config
 
 
 def get_config():
-    return base_config("rtpca")
+    c = base_config("rtpca")
+    c.data.root = "data/h36m"  # data_3d_h36m.npz, data_2d_h36m_gt.npz
+    return c

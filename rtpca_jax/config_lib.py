@@ -50,7 +50,7 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.train.lr = 4e-5
     c.train.lr_decay = 0.99  # multiplied after every epoch
     c.train.weight_decay = 0.1
-    c.train.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+    c.train.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)  # None or 0: off
     c.train.joint_weights = H36M_JOINT_WEIGHTS
     c.train.w_mpjpe = 1.0
     c.train.w_temporal = 0.5

@@ -301,3 +301,230 @@ def infer_config(state_dict: Mapping[str, Any], num_heads: int = 8) -> ml_collec
         else:
             cfg.variant = "ste"
     return cfg
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+def load_torch_checkpoint(path) -> dict[str, np.ndarray]:
+    """Official weights from a PyTorch file as numpy arrays, ``module.`` stripped.
+
+    Accepts the official training dict (``model_pos``; also ``model`` or
+    ``state_dict``) or a bare state dict.  Always ``torch.load(...,
+    weights_only=True)``: the file can hold only tensors and plain containers,
+    never code.
+    """
+    import os
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: checkpoint file not found")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("reading PyTorch checkpoints needs torch: pip install '.[torch]' "
+                          "(or pip install torch==2.13.0)") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle errors of many kinds
+        raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300]})") from e
+    if isinstance(obj, dict):
+        for key in ("model_pos", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(hasattr(v, "detach") for v in obj.values()):
+        raise ValueError(f"{path}: no state dict found (expected 'model_pos', 'model', 'state_dict' or a "
+                         f"dict of tensors)")
+    return {k: v.detach().cpu().numpy() for k, v in strip_prefix(obj).items()}
+
+
+def save_torch_checkpoint(state_dict: Mapping[str, np.ndarray], path, *, prefix: str = "module.",
+                          epoch: int = 0, lr: float = 0.0) -> None:
+    """Write the official training-checkpoint layout
+    ``{'epoch', 'lr', 'optimizer': None, 'model_pos': {prefix + key: tensor}}``."""
+    import os
+
+    import torch
+
+    ckpt = {"epoch": int(epoch), "lr": float(lr), "optimizer": None,
+            "model_pos": {prefix + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}}
+    tmp = os.fspath(path) + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------
+# Frame-count resampling
+
+
+def _interp_time(a: np.ndarray, new_len: int, axis: int = 0) -> np.ndarray:
+    """Linear interpolation along ``axis`` with the end points kept
+    (``new position i`` <- ``old position i * (L_old - 1) / (L_new - 1)``)."""
+    old_len = a.shape[axis]
+    if old_len == new_len:
+        return a
+    x_old = np.linspace(0.0, 1.0, old_len)
+    x_new = np.linspace(0.0, 1.0, new_len)
+    a = np.moveaxis(a, axis, -1)
+    flat = a.reshape(-1, old_len)
+    out = np.stack([np.interp(x_new, x_old, row) for row in flat]).reshape(a.shape[:-1] + (new_len,))
+    return np.moveaxis(out, -1, axis).astype(a.dtype)
+
+
+def resample_frames(params: Mapping[str, Any], model_config, num_frames: int):
+    """Parameters for ``num_frames`` frames from those of another frame count.
+
+    Interpolated along time: the temporal positional embedding ``(F, C)`` and
+    the time-axis pyramid LayerNorms (one weight per time step).  The depthwise
+    upsampling kernels' tap counts follow the level lengths
+    (``k = L_out - r (L_in - 1)``); a kernel that gains a tap gets a zero tap,
+    one that loses a tap drops its last.  Returns ``(params, new_config)``.
+    """
+    import copy
+
+    s = _spec(model_config)
+    cfg = ml_collections.ConfigDict(_as_dict(model_config))
+    cfg.num_frames = int(num_frames)
+    new = resolve(cfg)  # validates the pyramid at the new length
+    out = copy.deepcopy(jax_tree_to_numpy(params))
+    out["temporal_pos"] = _interp_time(out["temporal_pos"], num_frames, axis=0)
+    if s.tpca:
+        old_l, new_l = s.pyramid_lengths, new.pyramid_lengths
+        for i in range(s.depth):
+            pyr = out[f"temporal_block_{i}"]["attn"]["pyramid"]
+            for k in range(1, s.pyramid_levels + 1):
+                for name, level in ((f"pool_norm_{k}", k), (f"up_norm_{k}", k - 1)):
+                    for leaf in ("scale", "bias"):
+                        pyr[name][leaf] = _interp_time(pyr[name][leaf], new_l[level])
+                kern = pyr[f"up_{k}"]["kernel"]
+                k_new = new_l[k - 1] - new.pyramid_ratio * (new_l[k] - 1)
+                if k_new > kern.shape[0]:
+                    kern = np.concatenate([kern, np.zeros((k_new - kern.shape[0],) + kern.shape[1:], kern.dtype)])
+                pyr[f"up_{k}"]["kernel"] = kern[:k_new]
+    return out, cfg
+
+
+def jax_tree_to_numpy(tree):
+    if isinstance(tree, Mapping):
+        return {k: jax_tree_to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def _as_dict(config) -> dict:
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.to_dict()
+    if isinstance(config, ModelSpec):
+        d = dataclasses.asdict(config)
+        for key in ("dtype", "param_dtype"):
+            d[key] = None if d[key] is None else np.dtype(d[key]).name
+        return d
+    return dict(config)
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def _save_jax(out_dir: str, params, cfg) -> None:
+    import json
+    import os
+    import shutil
+
+    from orbax.checkpoint.experimental import v1 as ocp
+
+    os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, "params")
+    tmp = target + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    ocp.save(tmp, params)
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    d = _as_dict(cfg)
+    with open(os.path.join(out_dir, "model_config.json"), "w") as f:
+        json.dump(d, f, indent=1, default=str)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import os
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m rtpca_jax.convert",
+                                 description="Convert between official PyTorch RTPCA/MixSTE checkpoints and rtpca-jax.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tj = sub.add_parser("to-jax", help="official .bin -> Orbax params directory")
+    tj.add_argument("checkpoint")
+    tj.add_argument("--out", required=True)
+    tj.add_argument("--config", help="config file whose model section describes the weights (default: inferred)")
+    tj.add_argument("--frames", type=int, help="resample frame-tied parameters to this many frames")
+    tj.add_argument("--num-heads", type=int, default=8, help="heads, when inferring the config")
+    tt = sub.add_parser("to-torch", help="rtpca-jax params -> official training checkpoint .bin")
+    tt.add_argument("directory", help="convert to-jax output or a training work directory")
+    tt.add_argument("--out", required=True)
+    tt.add_argument("--config", help="config file (default: model_config.json of the directory)")
+    tt.add_argument("--no-prefix", action="store_true", help="keys without the 'module.' prefix")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "to-jax":
+            sd = load_torch_checkpoint(args.checkpoint)
+            if args.config:
+                from rtpca_jax.config_lib import load_config_file
+
+                cfg = load_config_file(args.config).model
+            else:
+                cfg = infer_config(sd, num_heads=args.num_heads)
+            params = from_torch(sd, cfg)
+            if args.frames:
+                params, cfg = resample_frames(params, cfg, args.frames)
+            _save_jax(args.out, params, cfg)
+            print(f"wrote {args.out}/params ({sum(int(np.prod(v.shape)) for v in _leaves(params)):,} parameters, "
+                  f"{cfg.variant}, F={cfg.num_frames}) and {args.out}/model_config.json")
+        else:
+            import ml_collections as mlc
+
+            from rtpca_jax import checkpoints
+
+            if args.config:
+                from rtpca_jax.config_lib import load_config_file
+
+                cfg = load_config_file(args.config).model
+            else:
+                path = os.path.join(args.directory, "model_config.json")
+                if not os.path.exists(path):
+                    path = os.path.join(args.directory, "config.json")
+                    if not os.path.exists(path):
+                        raise ValueError(f"{args.directory}: no model_config.json or config.json; pass --config")
+                    cfg = mlc.ConfigDict(json.load(open(path))["model"])
+                else:
+                    cfg = mlc.ConfigDict(json.load(open(path)))
+            ck = args.directory
+            if os.path.isdir(os.path.join(ck, "checkpoints")):
+                ck = os.path.join(ck, "checkpoints")
+            params = jax_tree_to_numpy(checkpoints.load_params(ck))
+            sd = to_torch(params, cfg)
+            save_torch_checkpoint(sd, args.out, prefix="" if args.no_prefix else "module.")
+            print(f"wrote {args.out} ({len(sd)} tensors, official layout)")
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaves(tree):
+    if isinstance(tree, Mapping):
+        for v in tree.values():
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

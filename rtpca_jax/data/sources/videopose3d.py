@@ -75,6 +75,36 @@ def _paired(root: str, dataset: str, keypoints: str) -> tuple[str, str, dict, di
     return p3, p2, pos3d, pos2d, meta
 
 
+def _views(p2: str, pos2d: dict, subject: str, action: str, cams: list,
+           world: np.ndarray, joints: int, fps: float, layout: str, subset: float,
+           downsample: int) -> list[Sequence]:
+    """One record per camera view of a (subject, action): 3D world -> camera
+    frame, 2D (pixels) truncated to the mocap length and normalised.  A view
+    that is None or empty (absent in some HumanEva files) is skipped."""
+    views = pos2d[subject].get(action)
+    if views is None:
+        raise ValueError(f"{p2}: subject {subject} has no 2D keypoints for action {action!r}")
+    if len(views) != len(cams):
+        raise ValueError(f"{p2} subject {subject} action {action!r}: {len(views)} camera views "
+                         f"of 2D keypoints, expected {len(cams)} (camera-count mismatch)")
+    out = []
+    for ci, (cam, kp) in enumerate(zip(cams, views)):
+        if kp is None or len(kp) == 0:
+            continue
+        origin = f"{p2} subject {subject} action {action!r} camera {ci}"
+        kp = check_shape(kp, origin, joints, 2)
+        if len(kp) < len(world):
+            raise ValueError(f"{origin}: 2D has {len(kp)} frames, shorter than the 3D ({len(world)} frames)")
+        kp, world_c = _subset([kp[: len(world)], cam.to_camera(world)], subset)
+        out.append(make_sequence(
+            subject=subject, action=action, camera=ci,
+            pose2d=cam_lib.normalize_screen(kp.astype(np.float64), cam.res_w, cam.res_h),
+            pose3d_cam=world_c, fps=fps, layout=layout, root=0, intrinsics=cam.intrinsics, origin=origin,
+            image_size=(cam.res_w, cam.res_h), downsample=downsample,
+        ))
+    return out
+
+
 def load_h36m(root, keypoints: str = "gt", subjects=None, actions=None, *, downsample: int = 1,
               subset: float = 1.0, exclude=H36M_EXCLUDED) -> list[Sequence]:
     """Human3.6M from ``data_3d_h36m.npz`` and ``data_2d_h36m_<keypoints>.npz``.
@@ -91,37 +121,14 @@ def load_h36m(root, keypoints: str = "gt", subjects=None, actions=None, *, downs
         if subject not in pos2d:
             raise ValueError(f"{p2}: subject {subject} has no 2D keypoints")
         cams = cam_lib.h36m_cameras(subject)
-        subject_actions = [a for a in pos3d[subject] if _action_matches(a, actions)]
-        for action in subject_actions:
+        for action in [a for a in pos3d[subject] if _action_matches(a, actions)]:
             if any(subject == s and action.split(" ")[0] == a for s, a in exclude):
                 continue
-            origin3 = f"{p3} subject {subject} action {action!r}"
             world = np.asarray(pos3d[subject][action])
             if world.ndim == 3 and world.shape[1] == 32:
                 world = world[:, list(H36M32_TO_17)]
-            world = check_shape(world, origin3, 17, 3).astype(np.float64)
-            if action not in pos2d[subject]:
-                raise ValueError(f"{p2}: subject {subject} has no 2D keypoints for action {action!r}")
-            views = pos2d[subject][action]
-            if len(views) != len(cams):
-                raise ValueError(f"{p2} subject {subject} action {action!r}: {len(views)} camera views "
-                                 f"of 2D keypoints, expected {len(cams)} (camera-count mismatch)")
-            for ci, (cam, kp) in enumerate(zip(cams, views)):
-                origin = f"{p2} subject {subject} action {action!r} camera {ci}"
-                kp = check_shape(kp, origin, 17, 2)
-                if len(kp) < len(world):
-                    raise ValueError(f"{origin}: 2D has {len(kp)} frames, shorter than the 3D "
-                                     f"({len(world)} frames)")
-                kp = kp[: len(world)]
-                world_c = cam.to_camera(world)
-                kp, world_c = _subset([kp, world_c], subset)
-                out.append(make_sequence(
-                    subject=subject, action=action, camera=ci,
-                    pose2d=cam_lib.normalize_screen(kp.astype(np.float64), cam.res_w, cam.res_h),
-                    pose3d_cam=world_c, fps=50, layout=H36M17.name, root=0,
-                    intrinsics=cam.intrinsics, origin=origin, image_size=(cam.res_w, cam.res_h),
-                    downsample=downsample,
-                ))
+            world = check_shape(world, f"{p3} subject {subject} action {action!r}", 17, 3).astype(np.float64)
+            out += _views(p2, pos2d, subject, action, cams, world, 17, 50, H36M17.name, subset, downsample)
     return out
 
 
@@ -137,32 +144,13 @@ def load_humaneva15(root, keypoints: str = "gt", subjects=None, actions=None, *,
     chosen = _select(pos3d.keys(), subjects, "subject", p3)
     _check_actions(pos3d, chosen, actions, p3)
     for subject in chosen:
-        cams = cam_lib.humaneva_cameras(subject)
         if subject not in pos2d:
             raise ValueError(f"{p2}: subject {subject} has no 2D keypoints")
+        cams = cam_lib.humaneva_cameras(subject)
         for action in [a for a in pos3d[subject] if _action_matches(a, actions)]:
             world = check_shape(pos3d[subject][action], f"{p3} subject {subject} action {action!r}", 15, 3)
-            views = pos2d[subject].get(action)
-            if views is None:
-                raise ValueError(f"{p2}: subject {subject} has no 2D keypoints for action {action!r}")
-            if len(views) != len(cams):
-                raise ValueError(f"{p2} subject {subject} action {action!r}: {len(views)} camera views, "
-                                 f"expected {len(cams)} (camera-count mismatch)")
-            for ci, (cam, kp) in enumerate(zip(cams, views)):
-                if kp is None or len(kp) == 0:
-                    continue
-                origin = f"{p2} subject {subject} action {action!r} camera {ci}"
-                kp = check_shape(kp, origin, 15, 2)
-                if len(kp) < len(world):
-                    raise ValueError(f"{origin}: 2D has {len(kp)} frames, shorter than the 3D ({len(world)})")
-                kp, world_c = _subset([kp[: len(world)], cam.to_camera(world.astype(np.float64))], subset)
-                out.append(make_sequence(
-                    subject=subject, action=action, camera=ci,
-                    pose2d=cam_lib.normalize_screen(kp.astype(np.float64), cam.res_w, cam.res_h),
-                    pose3d_cam=world_c, fps=60, layout=HUMANEVA15.name, root=0,
-                    intrinsics=cam.intrinsics, origin=origin, image_size=(cam.res_w, cam.res_h),
-                    downsample=downsample,
-                ))
+            out += _views(p2, pos2d, subject, action, cams, world.astype(np.float64), 15, 60, HUMANEVA15.name,
+                          subset, downsample)
     return out
 
 

@@ -1,0 +1,97 @@
+"""Evaluate a checkpoint as the official code does.
+
+    python eval.py --config=configs/rtpca_h36m_243.py --checkpoint=runs/h36m
+    python eval.py --config=configs/rtpca_h36m_243.py --checkpoint=checkpoint/best_epoch.bin
+
+PATH: a training work directory, its ``checkpoints/`` folder, a
+``convert to-jax`` output, or an official PyTorch ``.bin`` (converted on the
+fly).  Non-overlapping clips of F frames (the last right-aligned, edge-padded
+when short), flip test-time augmentation; prints a per-action table (P1, P2,
+MPJVE) and writes ``results.json`` into ``--output`` (default: the checkpoint's
+directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default.py"), "experiment config",
+                                lock_config=False)
+flags.DEFINE_string("checkpoint", None, "Orbax checkpoint directory or official PyTorch .bin", required=True)
+flags.DEFINE_string("output", None, "where results.json goes (default: next to the checkpoint)")
+FLAGS = flags.FLAGS
+
+
+def load_model_params(cfg, path: str):
+    """``(module, params)`` for a checkpoint path of any supported kind."""
+    import jax
+
+    from rtpca_jax import checkpoints, convert, model
+
+    if path.endswith((".bin", ".pth", ".pt")):
+        sd = convert.load_torch_checkpoint(path)
+        module = model.build(cfg.model)
+        return module, convert.from_torch(sd, cfg.model)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: checkpoint not found")
+    cfg_file = os.path.join(path, "model_config.json")
+    if os.path.exists(cfg_file):  # written by convert to-jax
+        import ml_collections
+
+        cfg.model = ml_collections.ConfigDict(json.load(open(cfg_file)))
+    module = model.build(cfg.model)
+    abstract = jax.eval_shape(lambda: model.init_params(module, jax.random.PRNGKey(0)))
+    ck = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    params = checkpoints.load_params(ck, abstract)
+    return module, params
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'action':<18} {'P1 (mm)':>9} {'P2 (mm)':>9} {'MPJVE (mm)':>11}"]
+    for a, r in results["per_action"].items():
+        lines.append(f"{a:<18} {r['mpjpe_mm']:>9.1f} {r['p_mpjpe_mm']:>9.1f} {r['mpjve_mm']:>11.2f}")
+    lines.append(f"{'average':<18} {results['mpjpe_mm']:>9.1f} {results['p_mpjpe_mm']:>9.1f} "
+                 f"{results['mpjve_mm']:>11.2f}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from rtpca_jax import train_lib
+    from rtpca_jax.distributed import maybe_initialize
+    from rtpca_jax.train_loop import load_split
+
+    logging.set_verbosity(logging.WARNING)
+    maybe_initialize()
+    cfg = FLAGS.config
+    try:
+        module, params = load_model_params(cfg, FLAGS.checkpoint)
+        test = load_split(cfg.data, "test")
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    mesh = train_lib.make_mesh()
+    predict = train_lib.make_predict_fn(module, mesh)
+    preds = train_lib.predict_sequences(predict, params, test, module.spec.num_frames, cfg.eval.batch_size, mesh,
+                                        flip_tta=cfg.eval.flip_tta)
+    results = train_lib.score_sequences(test, preds)
+    print(format_table(results))
+    out_dir = FLAGS.output or (FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint)
+                               else os.path.dirname(os.path.abspath(FLAGS.checkpoint)))
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,45 @@
+"""Run 3 training steps on a fixed global batch with a mesh over all devices
+(of all processes) and save losses and parameters.
+
+    python three_steps.py OUT.npz
+Multi-process: set RTPCA_COORDINATOR, RTPCA_NUM_PROCESSES, RTPCA_PROCESS_ID.
+"""
+
+import sys
+
+import jax
+import numpy as np
+
+from rtpca_jax import model, train_lib
+from rtpca_jax.config_lib import base_config
+from rtpca_jax.distributed import maybe_initialize
+
+
+def main(out):
+    maybe_initialize()
+    cfg = base_config("rtpca")
+    cfg.model.update(dict(num_frames=27, width=16, depth=2, num_heads=4, drop_path_rate=0.1))
+    cfg.train.lr = 1e-3
+    module = model.build(cfg.model)
+    mesh = train_lib.make_mesh()
+    tx = train_lib.make_optimizer(cfg.train, 10)
+    state = train_lib.create_state(module, tx, 0, mesh)
+    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
+    rng = np.random.default_rng(0)
+    batch = 8
+    p, n = jax.process_index(), jax.process_count()
+    rows = slice(p * batch // n, (p + 1) * batch // n)
+    losses = []
+    for _ in range(3):
+        x = rng.normal(size=(batch, 27, 17, 2)).astype(np.float32)
+        y = rng.normal(size=(batch, 27, 17, 3)).astype(np.float32) * 0.2
+        state, m = step(state, train_lib.global_batch(x[rows], mesh), train_lib.global_batch(y[rows], mesh))
+        losses.append(float(m["loss"]))
+    params = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), state.params)
+    if p == 0:
+        flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        np.savez(out, losses=np.array(losses), devices=len(jax.devices()), processes=n, **flat)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

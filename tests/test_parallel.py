@@ -1,0 +1,61 @@
+"""One code path for 1 device, 8 emulated devices and 2 processes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+HELPER = os.path.join(os.path.dirname(__file__), "helpers", "three_steps.py")
+
+
+def _env(devices, **extra):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env.update(extra)
+    return env
+
+
+def _run(out, devices):
+    subprocess.run([sys.executable, HELPER, str(out)], env=_env(devices), check=True, capture_output=True,
+                   timeout=600)
+    return dict(np.load(out))
+
+
+def _compare(a, b, tol=1e-5):
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=tol, atol=tol)
+    keys = [k for k in a if k not in ("losses", "devices", "processes")]
+    assert keys
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in keys)
+    assert worst <= tol, worst
+    return worst
+
+
+def test_eight_devices_match_one(tmp_path):
+    one = _run(tmp_path / "one.npz", 1)
+    eight = _run(tmp_path / "eight.npz", 8)
+    assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
+    worst = _compare(one, eight)
+    print(f"8 devices vs 1: max |param diff| {worst:.2e}, losses {eight['losses']}")
+
+
+def test_two_processes_match_one(tmp_path):
+    one = _run(tmp_path / "one.npz", 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen([sys.executable, HELPER, str(tmp_path / "two.npz")],
+                         env=_env(2, RTPCA_COORDINATOR=f"127.0.0.1:{port}", RTPCA_NUM_PROCESSES="2",
+                                  RTPCA_PROCESS_ID=str(i)),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    two = dict(np.load(tmp_path / "two.npz"))
+    assert int(two["devices"]) == 4 and int(two["processes"]) == 2
+    worst = _compare(one, two)
+    print(f"2 processes x 2 devices vs 1 device: max |param diff| {worst:.2e}")

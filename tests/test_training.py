@@ -1,0 +1,163 @@
+"""Training loop: resume after SIGKILL, SIGTERM preemption, damaged
+checkpoints, NaN losses, missing data; real processes where it matters."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from rtpca_jax import checkpoints, model, train_lib
+from rtpca_jax.config_lib import base_config, load_config_file
+
+TINY = [
+    "--config.model.width=16", "--config.model.depth=1", "--config.model.num_heads=2",
+    "--config.train.batch_size=4", "--config.train.max_steps_per_epoch=6", "--config.train.num_epochs=3",
+    "--config.eval.batch_size=128", "--config.train.report_baselines=False",
+]
+
+
+def _train_cmd(workdir, *extra):
+    return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *TINY, *extra]
+
+
+def _env():
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "train_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _wait_for(pred, proc, timeout=300):
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.stdout.read().decode()[-3000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_run(tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref), env=_env(), check=True, capture_output=True, timeout=600)
+    ref_losses = _losses(ref)
+    assert [r["step"] for r in ref_losses] == list(range(1, 19))
+
+    run = tmp_path / "run"
+    # 1) SIGKILL right after the first epoch's checkpoint (step 6) is complete.
+    p = subprocess.Popen(_train_cmd(run), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckdir = run / "checkpoints"
+    _wait_for(lambda: ckdir.is_dir() and any(d.name.isdigit() for d in ckdir.iterdir()), p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert checkpoints.Checkpoints(str(ckdir)).steps() == [6]
+    # 2) restart; SIGTERM in the middle of the second epoch saves and exits cleanly.
+    p = subprocess.Popen(_train_cmd(run), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_for(lambda: len(_losses(run)) >= 7, p)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0 and "preempted" in out, out[-2000:]
+    mid = checkpoints.Checkpoints(str(ckdir)).steps()[-1]
+    assert 6 < mid < 18
+    # 3) restart to the end.
+    subprocess.run(_train_cmd(run), env=_env(), check=True, capture_output=True, timeout=600)
+    got = _losses(run)
+    assert [r["step"] for r in got] == [r["step"] for r in ref_losses]
+    np.testing.assert_array_equal([r["loss"] for r in got], [r["loss"] for r in ref_losses])
+    hist = json.load(open(run / "history.json"))
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert (run / "training_curve.png").stat().st_size > 1000
+    assert any(f.startswith("events") for f in os.listdir(run / "tb"))
+    # eval.py on the work directory scores the final model as the last epoch did
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--checkpoint={run}", f"--output={tmp_path / 'ev'}",
+                        *[a for a in TINY if a.startswith(("--config.model", "--config.eval"))]],
+                       env=_env(), capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    res = json.load(open(tmp_path / "ev" / "results.json"))
+    assert abs(res["mpjpe_mm"] - hist[-1]["val_mpjpe_mm"]) < 1e-3
+    assert set(res["per_action"]) == {"basketball", "jumping", "running", "soccer", "walking", "washwindow"}
+
+
+def _tiny_state(tmp_path):
+    cfg = base_config("rtpca")
+    cfg.model.update(dict(num_frames=27, width=8, depth=1, num_heads=2))
+    m = model.build(cfg.model)
+    mesh = train_lib.make_mesh()
+    tx = train_lib.make_optimizer(cfg.train, 10)
+    return train_lib.create_state(m, tx, 0, mesh)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    st = _tiny_state(tmp_path)
+    ck = checkpoints.Checkpoints(str(tmp_path / "ck"), keep=3)
+    ck.save(st, epoch=1, epoch_step=0, val_mpjpe_mm=10.0)
+    st2 = st.replace(step=st.step + 7, params=jax.tree_util.tree_map(lambda a: a + 1, st.params))
+    ck.save(st2, epoch=2, epoch_step=0, val_mpjpe_mm=9.0)
+    # truncate every data file of the latest checkpoint
+    latest = tmp_path / "ck" / "7"
+    damaged = 0
+    for root, _, files in os.walk(latest):
+        for f in files:
+            path = os.path.join(root, f)
+            if os.path.getsize(path) > 0 and "metadata" not in f:
+                with open(path, "r+b") as fh:
+                    fh.truncate(os.path.getsize(path) // 3)
+                damaged += 1
+    assert damaged
+    ck2 = checkpoints.Checkpoints(str(tmp_path / "ck"), keep=3)
+    state, epoch, epoch_step, step = ck2.restore_latest(st)
+    assert step == 0 and epoch == 1
+    assert (tmp_path / "ck" / "7.damaged").is_dir()  # moved aside, not deleted
+    np.testing.assert_array_equal(jax.tree_util.tree_leaves(state.params)[0],
+                                  jax.tree_util.tree_leaves(st.params)[0])
+
+
+def test_keeps_latest_and_best(tmp_path):
+    st = _tiny_state(tmp_path)
+    ck = checkpoints.Checkpoints(str(tmp_path / "ck"), keep=2)
+    for i, v in enumerate([30.0, 10.0, 20.0, 40.0, 50.0]):
+        ck.save(st.replace(step=st.step + i), epoch=i + 1, epoch_step=0, val_mpjpe_mm=v)
+    assert ck.steps() == [1, 3, 4]  # best (10 mm) + the latest two
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    wd = tmp_path / "nan"
+    r = subprocess.run(_train_cmd(wd, "--config.train.lr=1e30", "--config.train.grad_clip_norm=0",
+                                  "--config.train.num_epochs=2"),
+                       env=_env(), capture_output=True, timeout=600)
+    err = r.stderr.decode()
+    assert r.returncode == 1
+    assert "non-finite training loss" in err and "at step" in err, err[-2000:]
+    assert not (wd / "checkpoints").exists() or all(
+        not d.name.isdigit() or int(d.name) < 10 for d in (wd / "checkpoints").iterdir())
+
+
+def test_missing_dataset_names_the_file(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path / 'w'}",
+                        f"--config={REPO / 'configs' / 'rtpca_h36m_243.py'}",
+                        f"--config.data.root={tmp_path / 'nowhere'}"],
+                       env=_env(), capture_output=True, timeout=600)
+    assert r.returncode == 1
+    assert f"{tmp_path / 'nowhere'}/data_3d_h36m.npz: file not found" in r.stderr.decode()
+
+
+def test_presets_exist_for_every_dataset():
+    for name, source in [("rtpca_h36m_243", "h36m"), ("rtpca_h36m_cpn_243", "h36m"),
+                         ("rtpca_humaneva15_243", "humaneva15"), ("rtpca_3dhp_243", "mpi_inf_3dhp")]:
+        cfg = load_config_file(str(REPO / "configs" / f"{name}.py"))
+        assert cfg.data.source == source
+        model.resolve(cfg.model)
+        assert len(cfg.train.joint_weights) == cfg.model.num_joints
