@@ -29,27 +29,11 @@ FLAGS = flags.FLAGS
 
 
 def load_model_params(cfg, path: str):
-    """``(module, params)`` for a checkpoint path of any supported kind."""
-    import jax
+    """``(module, params)`` for a checkpoint path of any supported kind; an
+    official ``.bin`` is read with the config's model section."""
+    from rtpca_jax.inference import load_checkpoint
 
-    from rtpca_jax import checkpoints, convert, model
-
-    if path.endswith((".bin", ".pth", ".pt")):
-        sd = convert.load_torch_checkpoint(path)
-        module = model.build(cfg.model)
-        return module, convert.from_torch(sd, cfg.model)
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: checkpoint not found")
-    cfg_file = os.path.join(path, "model_config.json")
-    if os.path.exists(cfg_file):  # written by convert to-jax
-        import ml_collections
-
-        cfg.model = ml_collections.ConfigDict(json.load(open(cfg_file)))
-    module = model.build(cfg.model)
-    abstract = jax.eval_shape(lambda: model.init_params(module, jax.random.PRNGKey(0)))
-    ck = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    params = checkpoints.load_params(ck, abstract)
-    return module, params
+    return load_checkpoint(path, model_config=cfg.model if path.endswith((".bin", ".pth", ".pt")) else None)
 
 
 def format_table(results: dict) -> str:
@@ -89,7 +73,16 @@ def main(argv):
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
+    from rtpca_jax import viz
+    from rtpca_jax.data.skeleton import get_layout
+
+    pa = results["per_action"]
+    viz.bar_chart({a: r["mpjpe_mm"] for a, r in pa.items()}, os.path.join(out_dir, "per_action_errors.png"),
+                  "error (mm)", "per-action error", secondary={a: r["p_mpjpe_mm"] for a, r in pa.items()})
+    names = get_layout(test[0].layout).joints
+    viz.bar_chart(dict(zip(names, results["per_joint_mm"])), os.path.join(out_dir, "per_joint_errors.png"),
+                  "MPJPE (mm)", "per-joint error")
+    print(f"wrote {path}, per_action_errors.png, per_joint_errors.png")
     return 0
 
 

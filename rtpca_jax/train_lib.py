@@ -176,6 +176,7 @@ def score_sequences(sequences: Seq[Sequence], predictions: Seq[np.ndarray]) -> d
     Frames flagged invalid (MPI-INF-3DHP) are left out.  The ground truth's root
     is zero; predictions are scored as they come (the official evaluation)."""
     rows = []
+    joint_sum, joint_n = 0.0, 0
     for s, pred in zip(sequences, predictions):
         gt = s.pose3d.astype(np.float64)
         pred = pred.astype(np.float64)
@@ -186,8 +187,11 @@ def score_sequences(sequences: Seq[Sequence], predictions: Seq[np.ndarray]) -> d
             "mpjve_mm": metrics.mpjve(pred, gt) * 1000.0 if len(gt) > 1 else 0.0,
         }
         rows.append((s.action, vals, int(v.sum())))
+        joint_sum = joint_sum + np.linalg.norm(pred[v] - gt[v], axis=-1).sum(axis=0)
+        joint_n += int(v.sum())
     overall, per_action = metrics.aggregate_by_action(rows)
-    return {**overall, "per_action": per_action}
+    per_joint = (np.asarray(joint_sum) / max(joint_n, 1) * 1000.0).tolist()
+    return {**overall, "per_action": per_action, "per_joint_mm": per_joint}
 
 
 # ----------------------------------------------------------------------------
