@@ -50,6 +50,28 @@ def pool_kv(kv: KV, length: int) -> KV:
     return tuple(adaptive_avg_pool(t, length, axis=1) for t in kv)  # type: ignore[return-value]
 
 
+class DenseParams(nn.Module):
+    """The kernel and bias of a Dense layer, returned rather than applied, so
+    that projections can be fused (same parameter tree as ``nn.Dense``)."""
+
+    features: int
+    use_bias: bool = True
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.initializers.truncated_normal(0.02), (in_features, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+        return kernel, bias
+
+
+def _project(x, kernel, bias, dtype):
+    dtype = dtype or jnp.result_type(x, kernel)
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+    return y if bias is None else y + bias.astype(dtype)
+
+
 class Attention(nn.Module):
     """Attention over ``h[N, L, C]``.
 
@@ -67,13 +89,18 @@ class Attention(nn.Module):
     def __call__(self, h: jax.Array, extra_kv: Optional[KV] = None) -> tuple[jax.Array, KV]:
         s = self.spec
         n, length, c = h.shape
-        dense = lambda features, name: nn.Dense(  # noqa: E731
-            features, use_bias=s.qkv_bias, dtype=s.dtype, param_dtype=s.param_dtype,
-            kernel_init=nn.initializers.truncated_normal(0.02), name=name,
-        )
-        kv_src = Pyramid(s, name="pyramid")(h) if self.tpca else h
-        q = dense(c, "q")(h).reshape(n, length, s.num_heads, s.head_dim)
-        kv = dense(2 * c, "kv")(kv_src)
+        qk, qb = DenseParams(c, s.qkv_bias, s.param_dtype, name="q")(c)
+        kvk, kvb = DenseParams(2 * c, s.qkv_bias, s.param_dtype, name="kv")(c)
+        if self.tpca:
+            kv_src = Pyramid(s, name="pyramid")(h)
+            q = _project(h, qk, qb, s.dtype)
+            kv = _project(kv_src, kvk, kvb, s.dtype)
+        else:
+            # plain self-attention: one fused projection for queries, keys and values
+            fused = _project(h, jnp.concatenate([qk, kvk], axis=1),
+                             None if qb is None else jnp.concatenate([qb, kvb]), s.dtype)
+            q, kv = fused[..., :c], fused[..., c:]
+        q = q.reshape(n, length, s.num_heads, s.head_dim)
         k = kv[..., :c].reshape(n, length, s.num_heads, s.head_dim)
         v = kv[..., c:].reshape(n, length, s.num_heads, s.head_dim)
         if extra_kv is not None:
