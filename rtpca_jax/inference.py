@@ -42,6 +42,7 @@ from typing import Optional
 import numpy as np
 
 from rtpca_jax.data import camera as cam_lib
+from rtpca_jax.data.pipeline import clip_starts
 from rtpca_jax.data.skeleton import COCO17, H36M17
 
 CONF_THRESHOLD = 0.3
@@ -170,23 +171,23 @@ def read_coco_json(data: list, origin: str) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, 17, 3))
 
 
-def read_halpe_json(data: list, origin: str) -> np.ndarray:
-    """``[T, 26, 3]`` from AlphaPose results; frames missing between the first
-    and last image id become NaN."""
+def read_halpe_json(data: list, origin: str, joints: int = 26) -> np.ndarray:
+    """``[T, joints, 3]`` from AlphaPose results (Halpe-26, or COCO-17 with
+    ``joints=17``); frames missing between the first and last image id are NaN."""
     by_frame: dict[int, list] = {}
     for k, det in enumerate(data):
         if not isinstance(det, dict) or "image_id" not in det or "keypoints" not in det:
-            raise ValueError(f"{origin}: entry {k} lacks 'image_id' or 'keypoints' (AlphaPose Halpe-26 format)")
+            raise ValueError(f"{origin}: entry {k} lacks 'image_id' or 'keypoints' (AlphaPose format)")
         digits = re.findall(r"\d+", str(det["image_id"]))
         if not digits:
             raise ValueError(f"{origin}: entry {k}: no frame number in image_id {det['image_id']!r}")
         by_frame.setdefault(int(digits[-1]), []).append(det)
     if not by_frame:
-        return np.zeros((0, 26, 3))
+        return np.zeros((0, joints, 3))
     first, last = min(by_frame), max(by_frame)
-    out = np.full((last - first + 1, 26, 3), np.nan)
+    out = np.full((last - first + 1, joints, 3), np.nan)
     for f, people in by_frame.items():
-        kp = _best(people, 26, f"{origin} image {f}")
+        kp = _best(people, joints, f"{origin} image {f}")
         if kp is not None:
             out[f - first] = kp
     return out
@@ -210,7 +211,7 @@ def read_keypoints(path: str, width: Optional[int] = None, height: Optional[int]
         if halpe and np.asarray(data[0].get("keypoints", [])).size == 26 * 3:
             kp = halpe_to_h36m(read_halpe_json(data, path))
         elif halpe:
-            kp = coco_to_h36m(read_halpe_json_coco(data, path))
+            kp = coco_to_h36m(read_halpe_json(data, path, joints=17))
         else:
             kp = coco_to_h36m(read_coco_json(data, path))
     elif ext == ".npz":
@@ -245,20 +246,6 @@ def read_keypoints(path: str, width: Optional[int] = None, height: Optional[int]
     if len(kp) == 0:
         raise ValueError(f"{path}: no frames")
     return kp, int(width), int(height)
-
-
-def read_halpe_json_coco(data: list, origin: str) -> np.ndarray:
-    """AlphaPose output in the COCO-17 format (17 x 3 keypoints per entry)."""
-    by_frame: dict[int, list] = {}
-    for det in data:
-        by_frame.setdefault(int(re.findall(r"\d+", str(det["image_id"]))[-1]), []).append(det)
-    first, last = min(by_frame), max(by_frame)
-    out = np.full((last - first + 1, 17, 3), np.nan)
-    for f, people in by_frame.items():
-        kp = _best(people, 17, f"{origin} image {f}")
-        if kp is not None:
-            out[f - first] = kp
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -296,12 +283,8 @@ def load_checkpoint(path: str, model_config=None):
 
 
 def window_starts(length: int, frames: int, stride: int) -> np.ndarray:
-    if length <= frames:
-        return np.zeros(1, np.int64)
-    starts = list(range(0, length - frames + 1, stride))
-    if starts[-1] != length - frames:
-        starts.append(length - frames)
-    return np.asarray(starts, np.int64)
+    """Window starts every ``stride`` frames, the last right-aligned."""
+    return clip_starts(length, frames, stride)
 
 
 def predict_any_length(module, params, pose2d: np.ndarray, *, stride: Optional[int] = None,
@@ -317,14 +300,7 @@ def predict_any_length(module, params, pose2d: np.ndarray, *, stride: Optional[i
     clips = pose2d[index].astype(np.float32)
     mesh = train_lib.make_mesh()
     predict = train_lib.make_predict_fn(module, mesh)
-    pred = train_lib.predict_clips(predict, params, clips, batch_size, mesh)
-    if flip:
-        perm = layout.flip_permutation
-        fl = clips[:, :, perm].copy()
-        fl[..., 0] *= -1
-        pf = train_lib.predict_clips(predict, params, fl, batch_size, mesh)[:, :, perm]
-        pf[..., 0] *= -1
-        pred = (pred + pf) / 2
+    pred = train_lib.predict_clips_tta(predict, params, clips, batch_size, mesh, layout, flip)
     w = np.minimum(np.arange(f) + 1, f - np.arange(f)).astype(np.float64)
     acc = np.zeros((t,) + pred.shape[2:])
     wsum = np.zeros(t)

@@ -139,6 +139,21 @@ def predict_clips(predict_fn, params, clips: np.ndarray, batch_size: int, mesh: 
     return np.concatenate(out) if out else np.zeros((0,) + clips.shape[1:-1] + (3,), np.float32)
 
 
+def predict_clips_tta(predict_fn, params, clips: np.ndarray, batch_size: int, mesh: Mesh, layout,
+                      flip: bool = True) -> np.ndarray:
+    """:func:`predict_clips`, averaged with the prediction of the mirrored input
+    mirrored back (flip test-time augmentation) when ``flip``."""
+    pred = predict_clips(predict_fn, params, clips, batch_size, mesh)
+    if flip:
+        perm = layout.flip_permutation
+        flipped = clips[:, :, perm].copy()
+        flipped[..., 0] *= -1
+        pf = predict_clips(predict_fn, params, flipped, batch_size, mesh)[:, :, perm]
+        pf[..., 0] *= -1
+        pred = (pred + pf) / 2
+    return pred
+
+
 def predict_sequences(predict_fn, params, sequences: Seq[Sequence], num_frames: int, batch_size: int,
                       mesh: Mesh, flip_tta: bool = True) -> list[np.ndarray]:
     """Whole-sequence predictions ``[T, J, 3]`` as the official evaluation makes
@@ -154,15 +169,7 @@ def predict_sequences(predict_fn, params, sequences: Seq[Sequence], num_frames: 
         all_clips.append(c)
         index.append(idx)
     clips = np.concatenate(all_clips).astype(np.float32)
-    pred = predict_clips(predict_fn, params, clips, batch_size, mesh)
-    if flip_tta:
-        perm = layout.flip_permutation
-        flipped = clips[:, :, perm].copy()
-        flipped[..., 0] *= -1
-        pf = predict_clips(predict_fn, params, flipped, batch_size, mesh)
-        pf = pf[:, :, perm]
-        pf[..., 0] *= -1
-        pred = (pred + pf) / 2
+    pred = predict_clips_tta(predict_fn, params, clips, batch_size, mesh, layout, flip_tta)
     out, lo = [], 0
     for s, idx in zip(sequences, index):
         out.append(stitch(pred[lo:lo + len(idx)], idx, s.num_frames))

@@ -1,0 +1,29 @@
+"""The benchmark produces complete records (it measures; it asserts no speed)."""
+
+import json
+
+from conftest import REPO
+from rtpca_jax import bench
+
+FIELDS = {"config", "case", "batch", "frames", "median_s", "clips_per_s", "flops_per_clip",
+          "achieved_flops_per_s", "peak_flops_per_s", "compile_s", "peak_rss_bytes"}
+
+
+def test_bench_records_have_every_field(tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--case", "inference", "--batch", "4",
+                       "--reps", "2", "--json", str(out)]) == 0
+    recs = json.load(open(out))
+    assert len(recs) == 1 and FIELDS <= set(recs[0])
+    r = recs[0]
+    assert r["case"] == "inference" and r["batch"] == 4 and r["frames"] == 27
+    assert r["flops_per_clip"] > 1e6 and r["peak_flops_per_s"] > 0 and r["median_s"] > 0
+    # forward FLOPs per clip match the model summary's cost analysis
+    from rtpca_jax import model
+    from rtpca_jax.config_lib import load_config_file
+    from rtpca_jax.model.summary import flops_per_clip
+    import jax
+
+    m = model.build(load_config_file(str(REPO / "configs" / "default.py")).model)
+    p = model.init_params(m, jax.random.PRNGKey(0))
+    assert abs(flops_per_clip(m, p, batch=4) - r["flops_per_clip"]) / r["flops_per_clip"] < 0.02
