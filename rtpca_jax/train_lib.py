@@ -9,6 +9,7 @@ donated.  Each process feeds its own rows; the global batch is assembled with
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence as Seq
 
 import flax
@@ -111,7 +112,11 @@ def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
 # Evaluation
 
 
+@functools.lru_cache(maxsize=16)
 def make_predict_fn(module, mesh: Mesh) -> Callable:
+    """Jitted ``predict(params, pose2d[B,F,J,2])``; one per (module, mesh), so
+    repeated evaluations reuse the compiled program."""
+
     def predict(params, pose2d):
         return module.apply({"params": params}, pose2d, train=False).astype(jnp.float32)
 

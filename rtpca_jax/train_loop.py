@@ -41,8 +41,9 @@ def load_split(data_cfg, split: str) -> list:
     """Train or test sequences of a data config."""
     src = data_cfg.source
     opts = {"downsample": data_cfg.get("downsample", 1)}
-    if src == "cmu":
-        return sources.load("cmu", data_cfg.get("root") or None, subjects=split, **opts)
+    if src == "cmu":  # the split by default; named clips when the config lists them
+        named = data_cfg.train_subjects if split == "train" else data_cfg.test_subjects
+        return sources.load("cmu", data_cfg.get("root") or None, subjects=list(named) if named else split, **opts)
     subjects = data_cfg.train_subjects if split == "train" else data_cfg.test_subjects
     actions = data_cfg.get("actions")
     return sources.load(src, data_cfg.root, keypoints=data_cfg.get("keypoints", "gt"),

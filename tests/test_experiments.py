@@ -1,0 +1,56 @@
+"""The experiment commands end to end on a tiny budget."""
+
+import json
+import os
+
+import pytest
+
+from conftest import REPO
+from rtpca_jax import experiments
+
+TINY = ["--set", "model.width=8", "--set", "model.depth=1", "--set", "model.num_heads=2",
+        "--set", "train.batch_size=8", "--set", "train.num_epochs=1", "--set", "train.max_steps_per_epoch=3",
+        "--set", "eval.batch_size=256", "--set", 'data.test_subjects=["washwindow_test_1"]']
+
+
+@pytest.mark.slow  # about 2 minutes of compiling on 2 cores: python -m pytest -m slow
+def test_ablation_robustness_stability(tmp_path):
+    cfg = str(REPO / "configs" / "default.py")
+    wd = tmp_path / "abl"
+    args = ["ablation", "--config", cfg, "--workdir", str(wd), "--seeds", "0,1", "--runs", "ste", *TINY]
+    assert experiments.main(args) == 0
+    table = (wd / "ablation.md").read_text()
+    assert "| ste |" in table and "±" in table
+    data = json.load(open(wd / "ablation.json"))
+    assert [r["seed"] for r in data["runs"]] == [0, 1]
+    r = data["runs"][0]
+    assert r["variant"] == "ste" and r["params"] > 0 and r["flops_per_clip"] > 0 and r["steps"] == 3
+    assert (wd / "p1_vs_flops.png").stat().st_size > 1000
+    # resumable: finished runs are not repeated
+    stamp = os.path.getmtime(wd / "ste_seed0" / "result.json")
+    assert experiments.main(args) == 0
+    assert os.path.getmtime(wd / "ste_seed0" / "result.json") == stamp
+
+    ck = str(wd / "ste_seed0")
+    assert experiments.main(["robustness", "--config", cfg, "--checkpoint", ck, "--workdir", str(tmp_path / "rob"),
+                             *TINY]) == 0
+    rob = json.load(open(tmp_path / "rob" / "robustness.json"))
+    assert set(rob) == {"noise", "dropout"} and len(rob["noise"]) == 5
+    assert (tmp_path / "rob" / "robustness_noise.png").exists()
+
+    assert experiments.main(["stability", "--config", cfg, "--checkpoint", ck, "--workdir", str(tmp_path / "st"),
+                             *TINY]) == 0
+    st = json.load(open(tmp_path / "st" / "stability.json"))
+    assert set(st) == {"27", "81", "243"}
+    for f in st.values():
+        assert set(f) == {"hard_cuts", "cross_fade"}
+
+
+def test_ablation_runs_respect_the_frame_count():
+    from rtpca_jax.config_lib import load_config_file
+
+    runs = experiments.ablation_runs(load_config_file(str(REPO / "configs" / "default.py")).model)
+    assert list(runs) == ["ste", "ste_tpca", "rtpca_r2_l3", "rtpca_r2_l2", "rtpca_r2_l1", "rtpca_r3_l2",
+                          "rtpca_r4_l1"]
+    with pytest.raises(ValueError, match="unknown ablation run"):
+        experiments.run_ablation(load_config_file(str(REPO / "configs" / "default.py")), "/tmp/x", only=["nope"])
