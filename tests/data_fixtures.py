@@ -73,3 +73,13 @@ def make_custom(root, t=40):
     path = os.path.join(root, "data_2d_custom_myvideos.npz")
     save_npz_pickled(path, positions_2d=pos2d, metadata=meta)
     return path, pos2d
+
+
+class RunsCode:
+    """Pickles to ``os.system('touch MARKER')``: a file that would run code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -1,6 +1,5 @@
 """Conversion between official PyTorch checkpoints and rtpca-jax."""
 
-import os
 import subprocess
 import sys
 
@@ -8,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from data_fixtures import RunsCode
 
 from conftest import REPO
 from rtpca_jax import convert, model
@@ -96,17 +97,9 @@ def test_reading_variants_half_and_double_precision(golden_dir, tmp_path):
         np.testing.assert_allclose(got["head.1.weight"].astype(np.float32), ref["head.1.weight"], rtol=1e-3, atol=1e-3)
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"model_pos": {"x": torch.zeros(1)}, "evil": _RunsCode(marker)}, tmp_path / "evil.bin")
+    torch.save({"model_pos": {"x": torch.zeros(1)}, "evil": RunsCode(marker)}, tmp_path / "evil.bin")
     with pytest.raises(ValueError, match="not a weights-only PyTorch checkpoint"):
         convert.load_torch_checkpoint(tmp_path / "evil.bin")
     assert not marker.exists()

@@ -1,25 +1,18 @@
-import os
 import pickle
 
 import numpy as np
 import pytest
 
+from data_fixtures import RunsCode
+
 from rtpca_jax.data.safe_npz import load_npz, save_npz_deterministic
-
-
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_hostile_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "data_3d_h36m.npz"
     payload = np.empty((), dtype=object)
-    payload[()] = {"S1": {"Walking": _RunsCode(marker)}}
+    payload[()] = {"S1": {"Walking": RunsCode(marker)}}
     np.savez(path, positions_3d=payload)
     # numpy's own loader would run it:
     with pytest.raises(ValueError, match=r"refusing to load .*system"):
