@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from rtpca_jax.model.spec import ModelSpec, default_config, resolve
+from rtpca_jax.model.spec import ModelSpec, as_dict, default_config, resolve
 
 _PREFIXES = ("module.",)
 
@@ -386,7 +386,7 @@ def resample_frames(params: Mapping[str, Any], model_config, num_frames: int):
     import copy
 
     s = _spec(model_config)
-    cfg = ml_collections.ConfigDict(_as_dict(model_config))
+    cfg = ml_collections.ConfigDict(as_dict(model_config))
     cfg.num_frames = int(num_frames)
     new = resolve(cfg)  # validates the pyramid at the new length
     out = copy.deepcopy(jax_tree_to_numpy(params))
@@ -413,17 +413,6 @@ def jax_tree_to_numpy(tree):
     return np.asarray(tree)
 
 
-def _as_dict(config) -> dict:
-    if isinstance(config, ml_collections.ConfigDict):
-        return config.to_dict()
-    if isinstance(config, ModelSpec):
-        d = dataclasses.asdict(config)
-        for key in ("dtype", "param_dtype"):
-            d[key] = None if d[key] is None else np.dtype(d[key]).name
-        return d
-    return dict(config)
-
-
 # --------------------------------------------------------------------------
 # Command line
 
@@ -444,7 +433,7 @@ def _save_jax(out_dir: str, params, cfg) -> None:
     if os.path.exists(target):
         shutil.rmtree(target)
     os.replace(tmp, target)
-    d = _as_dict(cfg)
+    d = as_dict(cfg)
     with open(os.path.join(out_dir, "model_config.json"), "w") as f:
         json.dump(d, f, indent=1, default=str)
 
@@ -479,11 +468,13 @@ def main(argv=None) -> int:
                 cfg = load_config_file(args.config).model
             else:
                 cfg = infer_config(sd, num_heads=args.num_heads)
+            from rtpca_jax.model import count_params
+
             params = from_torch(sd, cfg)
             if args.frames:
                 params, cfg = resample_frames(params, cfg, args.frames)
             _save_jax(args.out, params, cfg)
-            print(f"wrote {args.out}/params ({sum(int(np.prod(v.shape)) for v in _leaves(params)):,} parameters, "
+            print(f"wrote {args.out}/params ({count_params(params):,} parameters, "
                   f"{cfg.variant}, F={cfg.num_frames}) and {args.out}/model_config.json")
         else:
             import ml_collections as mlc
@@ -514,14 +505,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def _leaves(tree):
-    if isinstance(tree, Mapping):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 if __name__ == "__main__":

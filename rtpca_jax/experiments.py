@@ -247,6 +247,7 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
     from rtpca_jax.data.pipeline import eval_clips, stitch
     from rtpca_jax.data.skeleton import get_layout
     from rtpca_jax.inference import predict_any_length
+    from rtpca_jax.model.spec import as_dict
 
     os.makedirs(workdir, exist_ok=True)
     module, params, test = _load(config, checkpoint)
@@ -256,7 +257,7 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
                          f"(longest: {max(s.num_frames for s in test)}); lower data.downsample")
     mesh = train_lib.make_mesh()
     layout = get_layout(long[0].layout)
-    base_cfg = ml_collections.ConfigDict(convert._as_dict(module.spec))
+    base_cfg = ml_collections.ConfigDict(as_dict(module.spec))
     if base_cfg.xlr:
         base_cfg.xlr_len = None  # each clip length pools to its own coarsest pyramid length
     out: dict = {}

@@ -125,9 +125,18 @@ def upsample_kernel(l_in: int, l_out: int, ratio: int) -> int:
     return l_out - ratio * (l_in - 1)
 
 
-def _as_dict(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict:
+def as_dict(config: Mapping[str, Any] | ml_collections.ConfigDict | "ModelSpec") -> dict:
+    """A model config (ConfigDict, mapping or resolved spec) as a plain dict;
+    a spec's dtypes become their names."""
     if isinstance(config, ml_collections.ConfigDict):
         return config.to_dict()
+    if isinstance(config, ModelSpec):
+        import numpy as np
+
+        d = dataclasses.asdict(config)
+        for key in ("dtype", "param_dtype"):
+            d[key] = None if d[key] is None else np.dtype(d[key]).name
+        return d
     return dict(config)
 
 
@@ -139,7 +148,7 @@ def resolve(config: Mapping[str, Any] | ml_collections.ConfigDict) -> ModelSpec:
     """
     import jax.numpy as jnp
 
-    given = _as_dict(config)
+    given = as_dict(config)
     defaults = default_config().to_dict()
     unknown = sorted(set(given) - set(defaults))
     if unknown:

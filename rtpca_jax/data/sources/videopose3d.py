@@ -105,6 +105,32 @@ def _views(p2: str, pos2d: dict, subject: str, action: str, cams: list,
     return out
 
 
+def _load_paired(root, dataset: str, keypoints: str, subjects, actions, *, cameras, joints: int, fps: float,
+                 layout: str, subset: float, downsample: int, exclude=(), reduce=None) -> list[Sequence]:
+    """The subject / action loop shared by the VideoPose3D 3D+2D datasets.
+
+    ``reduce``: {source joint count: indices kept} for 3D arrays stored with
+    more joints (Human3.6M's 32 -> 17); ``exclude``: (subject, action base
+    name) pairs left out."""
+    p3, p2, pos3d, pos2d, _ = _paired(root, dataset, keypoints)
+    out = []
+    chosen = _select(pos3d.keys(), subjects, "subject", p3)
+    _check_actions(pos3d, chosen, actions, p3)
+    for subject in chosen:
+        if subject not in pos2d:
+            raise ValueError(f"{p2}: subject {subject} has no 2D keypoints")
+        cams = cameras(subject)
+        for action in [a for a in pos3d[subject] if _action_matches(a, actions)]:
+            if any(subject == s and action.split(" ")[0] == a for s, a in exclude):
+                continue
+            world = np.asarray(pos3d[subject][action])
+            if reduce and world.ndim == 3 and world.shape[1] in reduce:
+                world = world[:, list(reduce[world.shape[1]])]
+            world = check_shape(world, f"{p3} subject {subject} action {action!r}", joints, 3).astype(np.float64)
+            out += _views(p2, pos2d, subject, action, cams, world, joints, fps, layout, subset, downsample)
+    return out
+
+
 def load_h36m(root, keypoints: str = "gt", subjects=None, actions=None, *, downsample: int = 1,
               subset: float = 1.0, exclude=H36M_EXCLUDED) -> list[Sequence]:
     """Human3.6M from ``data_3d_h36m.npz`` and ``data_2d_h36m_<keypoints>.npz``.
@@ -113,23 +139,9 @@ def load_h36m(root, keypoints: str = "gt", subjects=None, actions=None, *, downs
     frames with the public camera parameters; 2D (pixels) is truncated to the
     mocap length and normalised with each camera's resolution.
     """
-    p3, p2, pos3d, pos2d, _ = _paired(root, "h36m", keypoints)
-    out = []
-    chosen = _select(pos3d.keys(), subjects, "subject", p3)
-    _check_actions(pos3d, chosen, actions, p3)
-    for subject in chosen:
-        if subject not in pos2d:
-            raise ValueError(f"{p2}: subject {subject} has no 2D keypoints")
-        cams = cam_lib.h36m_cameras(subject)
-        for action in [a for a in pos3d[subject] if _action_matches(a, actions)]:
-            if any(subject == s and action.split(" ")[0] == a for s, a in exclude):
-                continue
-            world = np.asarray(pos3d[subject][action])
-            if world.ndim == 3 and world.shape[1] == 32:
-                world = world[:, list(H36M32_TO_17)]
-            world = check_shape(world, f"{p3} subject {subject} action {action!r}", 17, 3).astype(np.float64)
-            out += _views(p2, pos2d, subject, action, cams, world, 17, 50, H36M17.name, subset, downsample)
-    return out
+    return _load_paired(root, "h36m", keypoints, subjects, actions, cameras=cam_lib.h36m_cameras, joints=17,
+                        fps=50, layout=H36M17.name, subset=subset, downsample=downsample, exclude=exclude,
+                        reduce={32: H36M32_TO_17})
 
 
 def load_humaneva15(root, keypoints: str = "gt", subjects=None, actions=None, *,
@@ -139,19 +151,8 @@ def load_humaneva15(root, keypoints: str = "gt", subjects=None, actions=None, *,
     ``Validate/S1`` ...; actions such as ``'Walk 1 chunk0'``).  Entries with no
     3D (the unlabeled parts) are skipped; missing camera views (None or empty)
     are skipped."""
-    p3, p2, pos3d, pos2d, _ = _paired(root, "humaneva15", keypoints)
-    out = []
-    chosen = _select(pos3d.keys(), subjects, "subject", p3)
-    _check_actions(pos3d, chosen, actions, p3)
-    for subject in chosen:
-        if subject not in pos2d:
-            raise ValueError(f"{p2}: subject {subject} has no 2D keypoints")
-        cams = cam_lib.humaneva_cameras(subject)
-        for action in [a for a in pos3d[subject] if _action_matches(a, actions)]:
-            world = check_shape(pos3d[subject][action], f"{p3} subject {subject} action {action!r}", 15, 3)
-            out += _views(p2, pos2d, subject, action, cams, world.astype(np.float64), 15, 60, HUMANEVA15.name,
-                          subset, downsample)
-    return out
+    return _load_paired(root, "humaneva15", keypoints, subjects, actions, cameras=cam_lib.humaneva_cameras,
+                        joints=15, fps=60, layout=HUMANEVA15.name, subset=subset, downsample=downsample)
 
 
 def load_custom(root, keypoints: str = "detectron_pt_coco", subjects=None, actions=None, *,
