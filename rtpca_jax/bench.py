@@ -123,7 +123,73 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
         "fraction_of_peak": flops / med / peak, "compile_s": compile_s,
         "peak_rss_bytes": _peak_rss(), "peak_device_bytes": _device_peak(),
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{len(jax.devices())}",
+        "framework": f"jax {jax.__version__}",
     }
+
+
+def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
+                     overrides=None) -> dict:
+    """The same case with :mod:`rtpca_jax.torch_ref` (eager PyTorch, the
+    official network), timed the same way; FLOPs are the JAX model's (same math)."""
+    import torch
+
+    from rtpca_jax import torch_ref
+    from rtpca_jax.config_lib import load_config_file
+
+    cfg = load_config_file(config_path)
+    for k, v in (overrides or {}).items():
+        if k != "remat":
+            cfg.model[k] = v
+    torch.manual_seed(0)
+    model = torch_ref.build(cfg.model)
+    s = model.spec
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(-1, 1, (batch, s.num_frames, s.num_joints, 2)).astype(np.float32))
+    if case == "inference":
+        model.eval()
+
+        def call():
+            with torch.no_grad():
+                return model(x)
+    else:
+        y = torch.from_numpy(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        weights = list(cfg.train.joint_weights)
+        model.train()
+
+        def call():
+            opt.zero_grad(set_to_none=True)
+            loss = torch_ref.official_loss(model(x), y, weights)
+            loss.backward()
+            opt.step()
+            return loss
+
+    t0 = time.perf_counter()
+    call()  # warm-up (eager: nothing to compile)
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    return {
+        "config": os.path.basename(config_path), "case": case, "batch": batch, "frames": s.num_frames,
+        "width": s.width, "depth": s.depth, "variant": s.variant, "dtype": "float32",
+        "framework": f"torch {torch.__version__} eager ({torch.get_num_threads()} threads)",
+        "median_s": med, "min_s": float(np.min(times)), "reps": reps,
+        "clips_per_s": batch / med, "frames_per_s": batch * s.num_frames / med,
+        "flops_per_clip": flops_per_clip, "achieved_flops_per_s": flops_per_clip * batch / med,
+        "peak_flops_per_s": peak, "fraction_of_peak": flops_per_clip * batch / med / peak, "compile_s": first_s,
+        "peak_rss_bytes": _peak_rss(), "peak_device_bytes": None, "device": "cpu",
+    }
+
+
+def _row(r: dict) -> str:
+    return (f"{r['config']:<20} {r['framework'].split()[0]:<5} {r['case']:<10} {r['batch']:>5} {r['frames']:>4} "
+            f"{r['median_s']:>9.4f} {r['clips_per_s']:>9.2f} {r['frames_per_s']:>10.0f} "
+            f"{r['flops_per_clip'] / 1e9:>10.3f} {r['achieved_flops_per_s'] / 1e9:>8.1f} "
+            f"{r['fraction_of_peak']:>7.1%} {r['compile_s']:>9.1f} {r['peak_rss_bytes'] / 1e9:>7.2f}")
 
 
 def main(argv=None) -> int:
@@ -135,6 +201,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
     ap.add_argument("--remat", action="store_true", help="rematerialise blocks")
     ap.add_argument("--json", help="write the records here")
+    ap.add_argument("--torch", action="store_true",
+                    help="also time each case with rtpca_jax.torch_ref (eager PyTorch statement of the official "
+                         "network, needs the torch extra) and print the JAX/PyTorch speed ratio")
     a = ap.parse_args(argv)
     configs = a.config or [os.path.join(REPO_CONFIGS, c) for c in DEFAULT_CASES]
     overrides = {}
@@ -146,7 +215,7 @@ def main(argv=None) -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
           f"devices {jax.devices()}")
     print(f"float32 matmul peak on this device: {peak / 1e9:,.1f} GFLOP/s")
-    head = (f"{'config':<20} {'case':<10} {'batch':>5} {'F':>4} {'median s':>9} {'clips/s':>9} {'frames/s':>10} "
+    head = (f"{'config':<20} {'impl':<5} {'case':<10} {'batch':>5} {'F':>4} {'median s':>9} {'clips/s':>9} {'frames/s':>10} "
             f"{'GFLOP/clip':>10} {'GFLOP/s':>8} {'of peak':>7} {'compile s':>9} {'RSS GB':>7}")
     print(head)
     records = []
@@ -158,10 +227,12 @@ def main(argv=None) -> int:
             for b in batches:
                 r = bench_case(c, case, b, a.reps, peak, overrides)
                 records.append(r)
-                print(f"{r['config']:<20} {case:<10} {r['batch']:>5} {r['frames']:>4} {r['median_s']:>9.4f} "
-                      f"{r['clips_per_s']:>9.2f} {r['frames_per_s']:>10.0f} {r['flops_per_clip'] / 1e9:>10.3f} "
-                      f"{r['achieved_flops_per_s'] / 1e9:>8.1f} {r['fraction_of_peak']:>7.1%} "
-                      f"{r['compile_s']:>9.1f} {r['peak_rss_bytes'] / 1e9:>7.2f}", flush=True)
+                print(_row(r), flush=True)
+                if a.torch:
+                    t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], overrides)
+                    t["jax_speedup"] = t["median_s"] / r["median_s"]
+                    records.append(t)
+                    print(_row(t) + f"   JAX is {t['jax_speedup']:.2f}x faster", flush=True)
     if a.json:
         with open(a.json + ".tmp", "w") as f:
             json.dump(records, f, indent=1)

@@ -124,23 +124,37 @@ def make_predict_fn(module, mesh: Mesh) -> Callable:
                    out_shardings=replicated(mesh))
 
 
+def pad_bucket(n: int, batch_size: int, n_dev: int) -> int:
+    """Padded size of a batch of ``n`` rows: ``n_dev * 2**k >= n``, at most ``batch_size``."""
+    size = n_dev
+    while size < n:
+        size *= 2
+    return min(size, batch_size)
+
+
 def predict_clips(predict_fn, params, clips: np.ndarray, batch_size: int, mesh: Mesh) -> np.ndarray:
-    """Predictions for ``clips[N, F, J, 2]`` in batches of one fixed size: the
-    last batch is padded (and the padding dropped), so nothing recompiles."""
+    """Predictions for ``clips[N, F, J, 2]`` in batches of ``batch_size``.
+
+    The last, shorter batch is zero-padded (and the padding dropped) to the
+    smallest power-of-two multiple of the device count that holds it, capped
+    at ``batch_size``: at most log2(batch_size) + 1 shapes are ever compiled,
+    a repeated evaluation never recompiles, and a 3-clip sequence does not pay
+    for a 64-clip batch."""
     n_dev = mesh.devices.size
     batch_size = -(-batch_size // n_dev) * n_dev
     n = clips.shape[0]
     out = []
     for lo in range(0, n, batch_size):
         chunk = clips[lo:lo + batch_size]
-        pad = batch_size - chunk.shape[0]
+        size = pad_bucket(chunk.shape[0], batch_size, n_dev)
+        pad = size - chunk.shape[0]
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         p = jax.process_count()
-        rows = batch_size // p
+        rows = size // p
         local = chunk[jax.process_index() * rows:(jax.process_index() + 1) * rows]
         pred = predict_fn(params, global_batch(local, mesh))
-        out.append(np.asarray(jax.device_get(pred))[: batch_size - pad])
+        out.append(np.asarray(jax.device_get(pred))[: size - pad])
     return np.concatenate(out) if out else np.zeros((0,) + clips.shape[1:-1] + (3,), np.float32)
 
 

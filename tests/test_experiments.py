@@ -13,7 +13,6 @@ TINY = ["--set", "model.width=8", "--set", "model.depth=1", "--set", "model.num_
         "--set", "eval.batch_size=256", "--set", 'data.test_subjects=["washwindow_test_1"]']
 
 
-@pytest.mark.slow  # about 2 minutes of compiling on 2 cores: python -m pytest -m slow
 def test_ablation_robustness_stability(tmp_path):
     cfg = str(REPO / "configs" / "default.py")
     wd = tmp_path / "abl"

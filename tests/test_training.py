@@ -161,3 +161,21 @@ def test_presets_exist_for_every_dataset():
         assert cfg.data.source == source
         model.resolve(cfg.model)
         assert len(cfg.train.joint_weights) == cfg.model.num_joints
+
+
+def test_padded_evaluation_batches_equal_unpadded_and_compile_few_shapes():
+    from conftest import random_params
+
+    m = model.build({"variant": "rtpca", "num_frames": 9, "width": 8, "depth": 1, "num_heads": 2,
+                     "pyramid_levels": 1})
+    params = random_params(m)
+    mesh = train_lib.make_mesh()
+    predict = train_lib.make_predict_fn(m, mesh)
+    clips = np.random.default_rng(0).uniform(-1, 1, (13, 9, 17, 2)).astype(np.float32)
+    want = np.concatenate([np.asarray(m.apply({"params": params}, clips[i:i + 1], train=False)) for i in range(13)])
+    for n in (13, 5, 1):  # 8 + 5 padded to 8; 5 -> 8; 1 -> 1
+        got = train_lib.predict_clips(predict, params, clips[:n], 8, mesh)
+        np.testing.assert_allclose(got, want[:n], atol=1e-5)
+    assert predict._cache_size() == 2  # batch shapes 8 and 1 only
+    assert [train_lib.pad_bucket(n, 64, 1) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    assert [train_lib.pad_bucket(n, 48, 8) for n in (1, 9, 17, 40)] == [8, 16, 32, 48]
