@@ -9,8 +9,10 @@ donated.  Each process feeds its own rows; the global batch is assembled with
 
 from __future__ import annotations
 
+import collections
 import functools
-from typing import Any, Callable, Optional, Sequence as Seq
+import itertools
+from typing import Any, Callable, Iterator, Optional, Sequence as Seq
 
 import flax
 import jax
@@ -106,6 +108,25 @@ def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: M
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """This process's rows -> one global array sharded along ``data``."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(local))
+
+
+def device_prefetch(batches: Iterator, mesh: Mesh, size: int = 2) -> Iterator:
+    """Yields the tuples of host arrays from ``batches`` as global device
+    arrays, keeping ``size`` batches already transferred ahead, so the copy of
+    the next batches overlaps the running step."""
+    queue: collections.deque = collections.deque()
+
+    def put(item):
+        return tuple(global_batch(a.numpy() if hasattr(a, "numpy") else np.asarray(a), mesh) for a in item)
+
+    it = iter(batches)
+    for item in itertools.islice(it, size):
+        queue.append(put(item))
+    while queue:
+        ready = queue.popleft()
+        for item in itertools.islice(it, 1):
+            queue.append(put(item))
+        yield ready
 
 
 # ----------------------------------------------------------------------------

@@ -204,11 +204,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             t0 = time.perf_counter()
             pending = None  # metrics of the previous step, read one step late
             epoch_losses = []
-            it = iter(ds)
+            it = train_lib.device_prefetch(ds, mesh, size=2)
             for epoch_step in range(first, steps_per_epoch):
                 p2, p3 = next(it)
-                state, m = train_step(state, train_lib.global_batch(p2.numpy(), mesh),
-                                      train_lib.global_batch(p3.numpy(), mesh))
+                state, m = train_step(state, p2, p3)
                 global_step += 1
                 if pending is not None:
                     _consume(pending, log_file, epoch_losses, writer, bar, t0)

@@ -92,3 +92,25 @@ def test_depthwise_upsample_matches_torch_conv_transpose(l_in, l_out, r):
                          "bias": jnp.asarray(conv.bias.detach().numpy())}}
     y = DepthwiseUpsample(l_out, r).apply(params, jnp.asarray(x.transpose(0, 2, 1)))
     np.testing.assert_allclose(np.asarray(y).transpose(0, 2, 1), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path_drops_whole_sequences_of_the_grouped_layout():
+    """In [B, F, J, C] a temporal sequence is one (clip, joint): stochastic
+    depth must keep or drop it across all frames and channels, as the official
+    per-(b n) mask does, with kept sequences scaled by 1/keep."""
+    import flax.linen as nn
+
+    from rtpca_jax.model.blocks import drop_path
+
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return drop_path(self, x, 0.5, True)
+
+    x = jnp.ones((64, 5, 17, 4))
+    y = np.asarray(M().apply({}, x, rngs={"dropout": jax.random.PRNGKey(3)}))
+    per_seq = y[:, :1, :, :1]
+    assert np.all(y == per_seq)  # constant along frames and channels
+    assert set(np.unique(per_seq)) == {0.0, 2.0}
+    assert 0.4 < (per_seq == 0).mean() < 0.6
+    assert not np.all(per_seq == per_seq[:, :, :1])  # joints are independent

@@ -179,3 +179,20 @@ def test_padded_evaluation_batches_equal_unpadded_and_compile_few_shapes():
     assert predict._cache_size() == 2  # batch shapes 8 and 1 only
     assert [train_lib.pad_bucket(n, 64, 1) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
     assert [train_lib.pad_bucket(n, 48, 8) for n in (1, 9, 17, 40)] == [8, 16, 32, 48]
+
+
+def test_device_prefetch_keeps_order_and_places_batches_on_the_mesh():
+    mesh = train_lib.make_mesh()
+    produced = []
+
+    def source():
+        for i in range(5):
+            produced.append(i)
+            yield np.full((2, 3), i, np.float32), np.full((2,), -i, np.float32)
+
+    it = train_lib.device_prefetch(source(), mesh, size=2)
+    a, b = next(it)
+    assert produced == [0, 1, 2]  # two batches already transferred ahead of the one in use
+    assert isinstance(a, jax.Array) and a.sharding.mesh.shape == mesh.shape
+    rest = [(float(x[0, 0]), float(y[0])) for x, y in it]
+    assert (float(a[0, 0]), float(b[0])) == (0.0, 0.0) and rest == [(i, -i) for i in range(1, 5)]

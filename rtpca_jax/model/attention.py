@@ -8,11 +8,12 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rtpca_jax.model.pyramid import Pyramid, adaptive_avg_pool
 from rtpca_jax.model.spec import ModelSpec
 
-KV = tuple[jax.Array, jax.Array]  # keys, values: [N, S, H, d] each
+KV = tuple[jax.Array, jax.Array]  # keys, values: [N, S, G*H, d] each (G: group axes folded into heads)
 
 
 def attend(
@@ -73,9 +74,12 @@ def _project(x, kernel, bias, dtype):
 
 
 class Attention(nn.Module):
-    """Attention over ``h[N, L, C]``.
+    """Attention along axis 1 of ``h[N, L, *G, C]``.
 
-    Queries come from ``h``; keys/values from ``h`` or, with ``tpca``, from the
+    Axes ``G`` between the sequence and channel axes (the joints, when the
+    temporal stream runs in the ``[B, F, J, C]`` layout) index independent
+    sequences; they are folded into the head axis (``G*H`` heads), which is a
+    free reshape, so the stream needs no transpose.  Queries come from ``h``; keys/values from ``h`` or, with ``tpca``, from the
     TPCA-refined ``h``.  ``extra_kv`` (already pooled) is concatenated after the
     block's own keys/values.  Returns the projected output and the keys/values
     the block attended to (own, or own + extra).
@@ -88,7 +92,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, extra_kv: Optional[KV] = None) -> tuple[jax.Array, KV]:
         s = self.spec
-        n, length, c = h.shape
+        n, length, *groups, c = h.shape
+        heads = s.num_heads * int(np.prod(groups, dtype=np.int64))
         qk, qb = DenseParams(c, s.qkv_bias, s.param_dtype, name="q")(c)
         kvk, kvb = DenseParams(2 * c, s.qkv_bias, s.param_dtype, name="kv")(c)
         if self.tpca:
@@ -100,9 +105,9 @@ class Attention(nn.Module):
             fused = _project(h, jnp.concatenate([qk, kvk], axis=1),
                              None if qb is None else jnp.concatenate([qb, kvb]), s.dtype)
             q, kv = fused[..., :c], fused[..., c:]
-        q = q.reshape(n, length, s.num_heads, s.head_dim)
-        k = kv[..., :c].reshape(n, length, s.num_heads, s.head_dim)
-        v = kv[..., c:].reshape(n, length, s.num_heads, s.head_dim)
+        q = q.reshape(n, length, heads, s.head_dim)
+        k = kv[..., :c].reshape(n, length, heads, s.head_dim)
+        v = kv[..., c:].reshape(n, length, heads, s.head_dim)
         if extra_kv is not None:
             k = jnp.concatenate([k, extra_kv[0].astype(k.dtype)], axis=1)
             v = jnp.concatenate([v, extra_kv[1].astype(v.dtype)], axis=1)
@@ -111,7 +116,7 @@ class Attention(nn.Module):
             q, k, v, impl=s.attention_impl, dropout_rate=s.attn_drop_rate if use_drop else 0.0,
             dropout_rng=self.make_rng("dropout") if use_drop else None,
         )
-        out = out.reshape(n, length, c)
+        out = out.reshape(h.shape)
         out = nn.Dense(
             c, dtype=s.dtype, param_dtype=s.param_dtype,
             kernel_init=nn.initializers.truncated_normal(0.02), name="proj",

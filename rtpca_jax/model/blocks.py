@@ -39,16 +39,20 @@ class Mlp(nn.Module):
 
 
 def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
-    """Stochastic depth: drop the residual branch per sample (axis 0)."""
+    """Stochastic depth: drop the residual branch per sequence.  For
+    ``x[N, L, *G, C]`` a sequence is one index of N and of the group axes G
+    (axis 1 is the sequence itself)."""
     if not train or rate == 0.0:
         return x
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    shape = (x.shape[0], 1) + tuple(x.shape[2:-1]) + (1,)
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, shape)
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
 class Block(nn.Module):
-    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` over ``x[N, L, C]``.
+    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` over ``x[N, L, *G, C]``
+    (attention along axis 1, see :class:`Attention`).
 
     ``tpca``: keys/values from the TPCA pyramid.  ``xlr_in``: pool the
     keys/values handed over by the previous block and append them.

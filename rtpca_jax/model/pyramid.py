@@ -1,6 +1,8 @@
 """TPCA: temporal pyramidal compression and amplification of keys/values.
 
-Everything here works on sequences ``x[N, L, C]`` with time on axis 1.
+Everything here works on ``x[N, L, ..., C]``: time on axis 1, channels last,
+and any axes between them (joints, in the model's ``[B, F, J, C]`` layout)
+treated as independent series.
 """
 
 from __future__ import annotations
@@ -32,16 +34,20 @@ def adaptive_pool_matrix(length: int, out_length: int) -> np.ndarray:
 
 
 def adaptive_avg_pool(x: jax.Array, out_length: int, axis: int = 1) -> jax.Array:
-    """Adaptive average pooling of ``x`` along ``axis`` as one matrix product."""
+    """Adaptive average pooling of ``x`` along ``axis`` as one matrix product
+    (no transposes: the contraction is over ``axis`` in place)."""
     length = x.shape[axis]
     m = jnp.asarray(adaptive_pool_matrix(length, out_length), dtype=x.dtype)
-    x = jnp.moveaxis(x, axis, -1)
-    y = jnp.einsum("...l,nl->...n", x, m)
-    return jnp.moveaxis(y, -1, axis)
+    axis = axis % x.ndim
+    lead = x.shape[:axis]
+    xr = x.reshape((int(np.prod(lead, dtype=np.int64)), length, -1))
+    y = jnp.einsum("ol,blr->bor", m, xr)
+    return y.reshape(lead + (out_length,) + x.shape[axis + 1:])
 
 
 class TimeLayerNorm(nn.Module):
-    """LayerNorm over the time axis (axis 1) with one affine pair per time step.
+    """LayerNorm over the time axis (axis 1) with one affine pair per time step;
+    every other axis indexes an independent series.
 
     The official pyramid applies ``nn.LayerNorm(L)`` to tensors laid out
     ``[N, C, L]``, i.e. it normalises each channel's time series.
@@ -64,7 +70,8 @@ class TimeLayerNorm(nn.Module):
         mean = jnp.mean(xs, axis=1, keepdims=True)
         var = jnp.mean(jnp.square(xs - mean), axis=1, keepdims=True)
         y = (xs - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * scale.astype(stat_dtype)[None, :, None] + bias.astype(stat_dtype)[None, :, None]
+        shape = (1, self.length) + (1,) * (x.ndim - 2)
+        y = y * scale.astype(stat_dtype).reshape(shape) + bias.astype(stat_dtype).reshape(shape)
         return y.astype(dtype)
 
 
@@ -84,7 +91,8 @@ class DepthwiseUpsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        n, l_in, c = x.shape
+        n, l_in, *rest = x.shape
+        c = rest[-1]
         r = self.ratio
         k = upsample_kernel(l_in, self.out_length, r)
         if not r <= k <= 2 * r - 1:
@@ -97,16 +105,18 @@ class DepthwiseUpsample(nn.Module):
         dtype = self.dtype or jnp.result_type(x, kernel)
         x = x.astype(dtype)
         kernel = kernel.astype(dtype)
-        # taps[n, i, t, c] = x[n, i, c] * kernel[t, c]
-        taps = x[:, :, None, :] * kernel[None, None, :, :]
-        first = jnp.pad(taps[:, :, :r], ((0, 0), (0, 1), (0, 0), (0, 0)))
-        second = jnp.pad(taps[:, :, r:], ((0, 0), (1, 0), (0, 2 * r - k), (0, 0)))
-        out = (first + second).reshape(n, (l_in + 1) * r, c)[:, : self.out_length]
+        # taps[n, i, t, ..., c] = x[n, i, ..., c] * kernel[t, c]
+        kshape = (k,) + (1,) * (len(rest) - 1) + (c,)
+        taps = x[:, :, None] * kernel.reshape(kshape)
+        none = ((0, 0),) * len(rest)
+        first = jnp.pad(taps[:, :, :r], ((0, 0), (0, 1), (0, 0)) + none)
+        second = jnp.pad(taps[:, :, r:], ((0, 0), (1, 0), (0, 2 * r - k)) + none)
+        out = (first + second).reshape((n, (l_in + 1) * r, *rest))[:, : self.out_length]
         return out + bias.astype(dtype)
 
 
 class Pyramid(nn.Module):
-    """TPCA refinement of ``h[N, F, C]`` into the keys/values source.
+    """TPCA refinement of ``h[N, F, ..., C]`` into the keys/values source.
 
     ``p_k = GELU(LN_k(pool(p_{k-1})))`` for k = 1..n (p_0 = h); then from the
     coarsest level up, ``c = GELU(upLN_k(up_k(c + p_k)))`` (no skip at the

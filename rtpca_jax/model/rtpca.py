@@ -43,14 +43,15 @@ class PoseTransformer(nn.Module):
         temporal_norm = layer_norm(s, s.block_ln_eps, "temporal_norm")
         prev_kv = None
         for i in range(s.depth):
-            # Spatial stream: sequences of J joints, one per (clip, frame).
+            # One layout throughout, [B, F, J, C]: the spatial stream is the
+            # free reshape to B*F sequences of J joints; the temporal stream
+            # attends along F with the joints as extra heads, so neither
+            # direction needs a transpose.
             x = x.reshape(b * f, j, c)
             x, _ = block_cls(s, float(rates[i]), train=train, name=f"spatial_block_{i}")(x)
-            x = spatial_norm(x)
-            # Temporal stream: sequences of F frames, one per (clip, joint).
-            x = x.reshape(b, f, j, c).transpose(0, 2, 1, 3).reshape(b * j, f, c)
+            x = spatial_norm(x).reshape(b, f, j, c)
             if i == 0:
-                x = x + temporal_pos.astype(x.dtype)
+                x = x + temporal_pos.astype(x.dtype)[:, None, :]
                 x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
             xlr_in = s.xlr and i > 0
             x, kv = block_cls(
@@ -59,7 +60,6 @@ class PoseTransformer(nn.Module):
             )(x, prev_kv if xlr_in else None)
             prev_kv = kv if s.xlr else None
             x = temporal_norm(x)
-            x = x.reshape(b, j, f, c).transpose(0, 2, 1, 3)
             if s.double_temporal_output and i > 0:
                 x = x + x
         x = layer_norm(s, s.head_ln_eps, "head_norm")(x)
