@@ -42,14 +42,18 @@ def _write(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, logx=False, annotate=None) -> None:
+def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, logx=False, annotate=None,
+          yerr=None) -> None:
     from rtpca_jax.viz import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ys in series.items():
         x = xs[name] if isinstance(xs, dict) else xs
-        ax.plot(x, ys, "o-" if not isinstance(xs, dict) else "o", label=name)
+        if yerr and yerr.get(name) is not None:
+            ax.errorbar(x, ys, yerr=yerr[name], fmt="o", capsize=3, label=name)
+        else:
+            ax.plot(x, ys, "o-" if not isinstance(xs, dict) else "o", label=name)
         if annotate:
             for xi, yi in zip(np.atleast_1d(x), np.atleast_1d(ys)):
                 ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -110,7 +114,7 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
             run_dir = os.path.join(workdir, f"{name}_seed{seed}")
             result_path = os.path.join(run_dir, "result.json")
             if os.path.exists(result_path):
-                records.append(json.load(open(result_path)))
+                records.append(_with_epoch_time(json.load(open(result_path)), run_dir))
                 continue
             cfg = copy.deepcopy(config)
             for k, v in overrides.items():
@@ -134,10 +138,24 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
                 "epochs": config.train.num_epochs,
                 "steps": int(out["history"][-1]["step"]) if out["history"] else 0,
             }
+            rec = _with_epoch_time(rec, run_dir)
             _write(result_path, json.dumps(rec, indent=1))
             records.append(rec)
     _ablation_report(records, workdir, config)
     return records
+
+
+def _with_epoch_time(rec: dict, run_dir: str) -> dict:
+    """Adds ``fastest_epoch_s``: the quickest epoch's training time, the
+    figure least disturbed by other work sharing the machine."""
+    path = os.path.join(run_dir, "history.json")
+    if "fastest_epoch_s" not in rec and os.path.exists(path):
+        hist = json.load(open(path))
+        hist = hist.get("history", hist) if isinstance(hist, dict) else hist
+        times = [h["train_s"] for h in hist if h.get("train_s")]
+        if times:
+            rec = {**rec, "fastest_epoch_s": float(min(times))}
+    return rec
 
 
 def _ablation_report(records: list[dict], workdir: str, config) -> None:
@@ -147,8 +165,8 @@ def _ablation_report(records: list[dict], workdir: str, config) -> None:
     lines = [f"Ablation on `{config.data.source}` data, F={config.model.num_frames}, C={config.model.width}, "
              f"depth {config.model.depth}, {config.train.num_epochs} epochs, seeds "
              f"{sorted({r['seed'] for r in records})}; mean ± std over seeds.", "",
-             "| run | P1 (mm) | P2 (mm) | MPJVE (mm) | params | GFLOP/clip | train time (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| run | P1 (mm) | P2 (mm) | MPJVE (mm) | params | GFLOP/clip | train time (s) | fastest epoch (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ms(vals):
         vals = np.asarray(vals, float)
@@ -161,12 +179,38 @@ def _ablation_report(records: list[dict], workdir: str, config) -> None:
         summary[name]["p1_std_mm"] = float(np.std([r["p1_mm"] for r in rs], ddof=1)) if len(rs) > 1 else None
         lines.append(f"| {name} | {ms([r['p1_mm'] for r in rs])} | {ms([r['p2_mm'] for r in rs])} | "
                      f"{ms([r['mpjve_mm'] for r in rs])} | {rs[0]['params']:,} | "
-                     f"{rs[0]['flops_per_clip'] / 1e9:.3f} | {ms([r['train_s'] for r in rs])} |")
+                     f"{rs[0]['flops_per_clip'] / 1e9:.3f} | {ms([r['train_s'] for r in rs])} | "
+                     f"{min((r.get('fastest_epoch_s', np.nan) for r in rs)):.1f} |")
+    lines += ["", *seed_noise_lines(by_run)]
     _write(os.path.join(workdir, "ablation.md"), "\n".join(lines) + "\n")
     _write(os.path.join(workdir, "ablation.json"), json.dumps({"runs": records, "summary": summary}, indent=1))
     _plot({n: [s["flops_per_clip"] / 1e9] for n, s in summary.items()},
           {n: [s["p1_mm"]] for n, s in summary.items()}, os.path.join(workdir, "p1_vs_flops.png"),
-          "GFLOP per clip (XLA)", "P1 MPJPE (mm)", "accuracy against cost", annotate=True)
+          "GFLOP per clip (XLA)", "P1 MPJPE (mm), mean ± std over seeds", "accuracy against cost", annotate=True,
+          yerr={n: s["p1_std_mm"] for n, s in summary.items()})
+
+
+def seed_noise_lines(by_run: dict[str, list[dict]], metric: str = "p1_mm") -> list[str]:
+    """Which P1 differences stand out from seed noise.
+
+    Every pair of runs is compared by the difference of their mean P1 against
+    twice its standard error, ``2 * sqrt(s_a^2/n_a + s_b^2/n_b)`` (each run's
+    spread over seeds): a rough 95% rule, stated as such, since a handful of
+    seeds cannot give a sharper test.  Needs 2+ seeds per run."""
+    names = [n for n, rs in by_run.items() if len(rs) >= 2]
+    if len(names) < 2:
+        return ["(seed noise: needs at least 2 seeds for 2 runs or more)"]
+    stats = {n: (np.mean([r[metric] for r in by_run[n]]), np.var([r[metric] for r in by_run[n]], ddof=1),
+                 len(by_run[n])) for n in names}
+    out = ["Differences in P1 against twice their standard error over seeds "
+           "(|Δ| > 2·SE: outside seed noise; otherwise within it):", "",
+           "| run A | run B | P1 A − B (mm) | 2·SE (mm) | verdict |", "|---|---|---:|---:|---|"]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (ma, va, na), (mb, vb, nb) = stats[a], stats[b]
+            d, se2 = ma - mb, 2 * float(np.sqrt(va / na + vb / nb))
+            out.append(f"| {a} | {b} | {d:+.1f} | {se2:.1f} | {'outside seed noise' if abs(d) > se2 else 'within seed noise'} |")
+    return out
 
 
 # ----------------------------------------------------------------------------

@@ -53,3 +53,14 @@ def test_ablation_runs_respect_the_frame_count():
                           "rtpca_r4_l1"]
     with pytest.raises(ValueError, match="unknown ablation run"):
         experiments.run_ablation(load_config_file(str(REPO / "configs" / "default.py")), "/tmp/x", only=["nope"])
+
+
+def test_seed_noise_verdicts_follow_the_two_standard_error_rule():
+    # run a: P1 10, 12 (mean 11, var 2); run b: 20, 22 (mean 21, var 2); run c: 11, 13 (mean 12)
+    by_run = {n: [{"p1_mm": v} for v in vals] for n, vals in {"a": (10, 12), "b": (20, 22), "c": (11, 13)}.items()}
+    lines = experiments.seed_noise_lines(by_run)
+    rows = {tuple(c.strip() for c in ln.split("|")[1:3]): ln for ln in lines if ln.startswith("| ") and "run A" not in ln}
+    # 2·SE = 2*sqrt(2/2 + 2/2) = 2.83
+    assert "-10.0 | 2.8 | outside seed noise" in rows[("a", "b")]
+    assert "-1.0 | 2.8 | within seed noise" in rows[("a", "c")]
+    assert experiments.seed_noise_lines({"a": [{"p1_mm": 1}]})[0].startswith("(seed noise")

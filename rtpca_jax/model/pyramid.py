@@ -67,12 +67,19 @@ class TimeLayerNorm(nn.Module):
         dtype = self.dtype or jnp.result_type(x, scale)
         stat_dtype = jnp.promote_types(dtype, jnp.float32)
         xs = x.astype(stat_dtype)
-        mean = jnp.mean(xs, axis=1, keepdims=True)
-        var = jnp.mean(jnp.square(xs - mean), axis=1, keepdims=True)
+        # With a leading axis of size 1 (batch 1 in the [B, F, J, C] layout)
+        # XLA:CPU computes the gradient of this reduction about 50x slower
+        # (measured: 1.3 s against 0.02 s at [1, 243, 17, 512]); drop it.
+        squeeze = x.shape[0] == 1
+        if squeeze:
+            xs = xs[0]
+        axis = 0 if squeeze else 1
+        mean = jnp.mean(xs, axis=axis, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=axis, keepdims=True)
         y = (xs - mean) * jax.lax.rsqrt(var + self.eps)
-        shape = (1, self.length) + (1,) * (x.ndim - 2)
+        shape = (self.length,) + (1,) * (xs.ndim - axis - 1)
         y = y * scale.astype(stat_dtype).reshape(shape) + bias.astype(stat_dtype).reshape(shape)
-        return y.astype(dtype)
+        return (y[None] if squeeze else y).astype(dtype)
 
 
 class DepthwiseUpsample(nn.Module):
