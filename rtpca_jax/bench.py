@@ -130,7 +130,27 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
 def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
                      overrides=None) -> dict:
     """The same case with :mod:`rtpca_jax.torch_ref` (eager PyTorch, the
-    official network), timed the same way; FLOPs are the JAX model's (same math)."""
+    official network), timed the same way in a fresh process (so neither
+    runtime's thread pool competes with the other's); FLOPs are the JAX
+    model's (same math)."""
+    import subprocess
+
+    job = json.dumps(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
+                          flops_per_clip=flops_per_clip, overrides=overrides or {}))
+    proc = subprocess.run([sys.executable, "-c", "import sys; from rtpca_jax import bench; bench._torch_worker()"],
+                          input=job, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"PyTorch benchmark failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _torch_worker() -> None:
+    job = json.loads(sys.stdin.read())
+    print(json.dumps(_torch_case(**job)))
+
+
+def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
+                overrides: dict) -> dict:
     import torch
 
     from rtpca_jax import torch_ref

@@ -27,3 +27,17 @@ def test_bench_records_have_every_field(tmp_path):
     m = model.build(load_config_file(str(REPO / "configs" / "default.py")).model)
     p = model.init_params(m, jax.random.PRNGKey(0))
     assert abs(flops_per_clip(m, p, batch=4) - r["flops_per_clip"]) / r["flops_per_clip"] < 0.02
+
+
+def test_torch_comparison_records(tmp_path):
+    import pytest
+
+    pytest.importorskip("torch")
+    out = tmp_path / "b.json"
+    assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--case", "train_step", "--batch", "2",
+                       "--reps", "1", "--torch", "--json", str(out)]) == 0
+    jax_rec, torch_rec = json.load(open(out))
+    assert FIELDS <= set(torch_rec) and torch_rec["framework"].startswith("torch")
+    assert jax_rec["framework"].startswith("jax")
+    assert torch_rec["flops_per_clip"] == jax_rec["flops_per_clip"] and torch_rec["batch"] == 2
+    assert abs(torch_rec["jax_speedup"] - torch_rec["median_s"] / jax_rec["median_s"]) < 1e-9
