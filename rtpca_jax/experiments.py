@@ -59,6 +59,10 @@ def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, log
                 ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if logx:
         ax.set_xscale("log")
+        ticks = sorted({float(v) for v in (np.concatenate([np.atleast_1d(v) for v in xs.values()])
+                                           if isinstance(xs, dict) else xs)})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -193,23 +197,28 @@ def _ablation_report(records: list[dict], workdir: str, config) -> None:
 def seed_noise_lines(by_run: dict[str, list[dict]], metric: str = "p1_mm") -> list[str]:
     """Which P1 differences stand out from seed noise.
 
-    Every pair of runs is compared by the difference of their mean P1 against
-    twice its standard error, ``2 * sqrt(s_a^2/n_a + s_b^2/n_b)`` (each run's
-    spread over seeds): a rough 95% rule, stated as such, since a handful of
-    seeds cannot give a sharper test.  Needs 2+ seeds per run."""
+    The seed noise is one standard deviation pooled over every run with 2+
+    seeds (their variances weighted by degrees of freedom): with two seeds a
+    run's own spread is a one-degree-of-freedom estimate and says little, while
+    the variants share the data, budget and optimiser, so one pooled figure is
+    the sounder estimate.  A difference of means counts as outside the noise
+    when it exceeds twice its standard error, ``2 * s_p * sqrt(1/n_a + 1/n_b)``
+    (a rough 95% rule, stated as such)."""
     names = [n for n, rs in by_run.items() if len(rs) >= 2]
     if len(names) < 2:
         return ["(seed noise: needs at least 2 seeds for 2 runs or more)"]
-    stats = {n: (np.mean([r[metric] for r in by_run[n]]), np.var([r[metric] for r in by_run[n]], ddof=1),
-                 len(by_run[n])) for n in names}
-    out = ["Differences in P1 against twice their standard error over seeds "
-           "(|Δ| > 2·SE: outside seed noise; otherwise within it):", "",
+    vals = {n: np.asarray([r[metric] for r in by_run[n]], float) for n in names}
+    dof = sum(len(v) - 1 for v in vals.values())
+    sp = float(np.sqrt(sum(((v - v.mean()) ** 2).sum() for v in vals.values()) / dof))
+    out = [f"Seed noise: pooled standard deviation of P1 over seeds {sp:.2f} mm ({dof} degrees of freedom). "
+           "A difference counts as outside seed noise when |Δ| > 2·SE, SE = s_p·sqrt(1/n_A + 1/n_B):", "",
            "| run A | run B | P1 A − B (mm) | 2·SE (mm) | verdict |", "|---|---|---:|---:|---|"]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            (ma, va, na), (mb, vb, nb) = stats[a], stats[b]
-            d, se2 = ma - mb, 2 * float(np.sqrt(va / na + vb / nb))
-            out.append(f"| {a} | {b} | {d:+.1f} | {se2:.1f} | {'outside seed noise' if abs(d) > se2 else 'within seed noise'} |")
+            d = float(vals[a].mean() - vals[b].mean())
+            se2 = 2 * sp * float(np.sqrt(1 / len(vals[a]) + 1 / len(vals[b])))
+            out.append(f"| {a} | {b} | {d:+.1f} | {se2:.1f} | "
+                       f"{'outside seed noise' if abs(d) > se2 else 'within seed noise'} |")
     return out
 
 

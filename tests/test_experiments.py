@@ -55,12 +55,16 @@ def test_ablation_runs_respect_the_frame_count():
         experiments.run_ablation(load_config_file(str(REPO / "configs" / "default.py")), "/tmp/x", only=["nope"])
 
 
-def test_seed_noise_verdicts_follow_the_two_standard_error_rule():
-    # run a: P1 10, 12 (mean 11, var 2); run b: 20, 22 (mean 21, var 2); run c: 11, 13 (mean 12)
+def test_seed_noise_verdicts_follow_the_pooled_two_standard_error_rule():
+    # runs a: 10, 12 / b: 20, 22 / c: 11, 13; each variance 2, pooled s_p = sqrt((2+2+2)/3) = 1.414;
+    # 2·SE = 2 * 1.414 * sqrt(1/2 + 1/2) = 2.83
     by_run = {n: [{"p1_mm": v} for v in vals] for n, vals in {"a": (10, 12), "b": (20, 22), "c": (11, 13)}.items()}
     lines = experiments.seed_noise_lines(by_run)
+    assert "1.41 mm (3 degrees of freedom)" in lines[0]
     rows = {tuple(c.strip() for c in ln.split("|")[1:3]): ln for ln in lines if ln.startswith("| ") and "run A" not in ln}
-    # 2·SE = 2*sqrt(2/2 + 2/2) = 2.83
     assert "-10.0 | 2.8 | outside seed noise" in rows[("a", "b")]
     assert "-1.0 | 2.8 | within seed noise" in rows[("a", "c")]
+    # unequal spreads are pooled: d has variance 0, e has 8 -> s_p = 2, 2·SE = 4
+    lines = experiments.seed_noise_lines({"d": [{"p1_mm": 5}, {"p1_mm": 5}], "e": [{"p1_mm": 7}, {"p1_mm": 11}]})
+    assert "| d | e | -4.0 | 4.0 | within seed noise |" in lines
     assert experiments.seed_noise_lines({"a": [{"p1_mm": 1}]})[0].startswith("(seed noise")

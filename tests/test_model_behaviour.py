@@ -154,6 +154,7 @@ def test_remat_gives_same_gradients():
         (dict(variant="rtpca", drop_path_rate=1.5), "drop_path_rate"),
         (dict(variant="rtpca", widht=32), "unknown"),
         (dict(variant="rtpca", attention_impl="magic"), "attention_impl"),
+        (dict(variant="rtpca", temporal_layout="sideways"), "temporal_layout"),
     ],
 )
 def test_invalid_configs_raise(cfg, match):

@@ -46,11 +46,14 @@ def test_golden_float32(golden_dir, name):
     assert np.abs(out - io["output"]).max() <= 1e-5
 
 
+@pytest.mark.parametrize("layout", ["transposed", "grouped"])
 @pytest.mark.parametrize("name", NAMES)
-def test_golden_float64(golden_dir, name):
-    """Only float64 separates exact from tanh GELU, LN eps and pooling bins."""
+def test_golden_float64(golden_dir, name, layout):
+    """Only float64 separates exact from tanh GELU, LN eps and pooling bins.
+    Both temporal layouts must give the official outputs."""
     sd, io, _ = _load(golden_dir, name)
     cfg = convert.infer_config(sd)
+    cfg.temporal_layout = layout
     with jax.enable_x64(True):
         m = model.build(cfg)
         params = convert.from_torch(sd, cfg, dtype=np.float64)

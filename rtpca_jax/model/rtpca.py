@@ -42,16 +42,23 @@ class PoseTransformer(nn.Module):
         spatial_norm = layer_norm(s, s.block_ln_eps, "spatial_norm")
         temporal_norm = layer_norm(s, s.block_ln_eps, "temporal_norm")
         prev_kv = None
+        grouped = s.temporal_layout == "grouped"
         for i in range(s.depth):
-            # One layout throughout, [B, F, J, C]: the spatial stream is the
-            # free reshape to B*F sequences of J joints; the temporal stream
-            # attends along F with the joints as extra heads, so neither
-            # direction needs a transpose.
+            # Spatial stream: the free reshape to B*F sequences of J joints.
             x = x.reshape(b * f, j, c)
             x, _ = block_cls(s, float(rates[i]), train=train, name=f"spatial_block_{i}")(x)
-            x = spatial_norm(x).reshape(b, f, j, c)
+            x = spatial_norm(x)
+            # Temporal stream, sequences of F frames, one per (clip, joint):
+            # either transposed to [B*J, F, C], or left as [B, F, J, C] with
+            # the joints as extra attention heads (spec.temporal_layout).
+            if grouped:
+                x = x.reshape(b, f, j, c)
+                pos = temporal_pos.astype(x.dtype)[:, None, :]
+            else:
+                x = x.reshape(b, f, j, c).transpose(0, 2, 1, 3).reshape(b * j, f, c)
+                pos = temporal_pos.astype(x.dtype)
             if i == 0:
-                x = x + temporal_pos.astype(x.dtype)[:, None, :]
+                x = x + pos
                 x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
             xlr_in = s.xlr and i > 0
             x, kv = block_cls(
@@ -60,6 +67,8 @@ class PoseTransformer(nn.Module):
             )(x, prev_kv if xlr_in else None)
             prev_kv = kv if s.xlr else None
             x = temporal_norm(x)
+            if not grouped:
+                x = x.reshape(b, j, f, c).transpose(0, 2, 1, 3)
             if s.double_temporal_output and i > 0:
                 x = x + x
         x = layer_norm(s, s.head_ln_eps, "head_norm")(x)

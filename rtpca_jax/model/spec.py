@@ -65,6 +65,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.attention_impl = "auto"  # auto | xla | cudnn | einsum
     c.remat = False  # rematerialise each block in the backward pass
+    # How the temporal stream sees the [B, F, J, C] activations: "transposed"
+    # moves them to B*J sequences of F frames and back around each temporal
+    # block; "grouped" attends along F in place with the joints folded into
+    # the head axis (no transposes).  Same outputs; on a 2-core CPU "grouped"
+    # measured 15% faster for paper-size inference and 5-10% slower for
+    # training steps (README, Benchmarks), hence the default.
+    c.temporal_layout = "transposed"
     return c
 
 
@@ -97,6 +104,7 @@ class ModelSpec:
     dtype: Any
     param_dtype: Any
     attention_impl: str
+    temporal_layout: str
     remat: bool
 
     @property
@@ -204,6 +212,8 @@ def resolve(config: Mapping[str, Any] | ml_collections.ConfigDict) -> ModelSpec:
         raise ValueError(
             f"model.attention_impl={merged['attention_impl']!r}: expected auto, xla, cudnn or einsum"
         )
+    if merged["temporal_layout"] not in ("transposed", "grouped"):
+        raise ValueError(f"model.temporal_layout={merged['temporal_layout']!r}: expected transposed or grouped")
     for key in ("dtype", "param_dtype"):
         if merged[key] is not None:
             try:
