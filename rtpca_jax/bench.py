@@ -184,6 +184,15 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
             opt.step()
             return loss
 
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    mm = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        mm.append(time.perf_counter() - t0)
+    torch_peak = 2.0 * n ** 3 / float(np.median(mm))
     t0 = time.perf_counter()
     call()  # warm-up (eager: nothing to compile)
     first_s = time.perf_counter() - t0
@@ -202,6 +211,7 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
         "flops_per_clip": flops_per_clip, "achieved_flops_per_s": flops_per_clip * batch / med,
         "peak_flops_per_s": peak, "fraction_of_peak": flops_per_clip * batch / med / peak, "compile_s": first_s,
         "peak_rss_bytes": _peak_rss(), "peak_device_bytes": None, "device": "cpu",
+        "torch_matmul_peak_flops_per_s": torch_peak,
     }
 
 
@@ -252,7 +262,8 @@ def main(argv=None) -> int:
                     t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], overrides)
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
                     records.append(t)
-                    print(_row(t) + f"   JAX is {t['jax_speedup']:.2f}x faster", flush=True)
+                    print(_row(t) + f"   JAX/PyTorch speed {t['jax_speedup']:.2f}x (PyTorch's own matmul: "
+                          f"{t['torch_matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s)", flush=True)
     if a.json:
         with open(a.json + ".tmp", "w") as f:
             json.dump(records, f, indent=1)
