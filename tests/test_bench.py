@@ -34,7 +34,7 @@ def test_torch_comparison_records(tmp_path):
 
     pytest.importorskip("torch")
     out = tmp_path / "b.json"
-    assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--case", "train_step", "--batch", "2",
+    assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--case", "inference", "--batch", "2",
                        "--reps", "1", "--torch", "--json", str(out)]) == 0
     jax_rec, torch_rec = json.load(open(out))
     assert FIELDS <= set(torch_rec) and torch_rec["framework"].startswith("torch")

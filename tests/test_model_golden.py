@@ -92,3 +92,18 @@ def test_preset_parameter_counts_equal_official_used_counts(preset, expected):
     s = m.spec
     assert (s.num_frames, s.width, s.depth, s.num_heads, s.mlp_ratio, s.drop_path_rate) == (
         243, 512, 8, 8, 2.0, 0.1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_bfloat16_compute_stays_within_bfloat16_precision(golden_dir, name):
+    """bf16 compute with float32 parameters: the official outputs (|y| < 0.3)
+    to within a few bf16 roundings (2^-8 relative each), far from exact."""
+    sd, io, _ = _load(golden_dir, name)
+    cfg = convert.infer_config(sd)
+    params = convert.from_torch(sd, cfg)
+    cfg.dtype = "bfloat16"
+    m = model.build(cfg)
+    out = np.asarray(jax.jit(lambda p, x: m.apply({"params": p}, x))(params, io["input"]))
+    assert out.dtype == np.float32
+    err = np.abs(out - io["output_f64"]).max()
+    assert 1e-5 < err < 1e-2, err
