@@ -40,13 +40,27 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def _time(fn, args, reps: int) -> list[float]:
+def _time(fn, args, reps: int, sync=jax.block_until_ready) -> list[float]:
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        sync(fn(*args))
         out.append(time.perf_counter() - t0)
     return out
+
+
+def _record(config_path: str, case: str, batch: int, spec, times: list[float], flops_per_clip: float,
+            peak: float, compile_s: float, **extra) -> dict:
+    med = float(np.median(times))
+    return {
+        "config": os.path.basename(config_path), "case": case, "batch": batch, "frames": spec.num_frames,
+        "width": spec.width, "depth": spec.depth, "variant": spec.variant,
+        "median_s": med, "min_s": float(np.min(times)), "reps": len(times),
+        "clips_per_s": batch / med, "frames_per_s": batch * spec.num_frames / med,
+        "flops_per_clip": flops_per_clip, "achieved_flops_per_s": flops_per_clip * batch / med,
+        "peak_flops_per_s": peak, "fraction_of_peak": flops_per_clip * batch / med / peak,
+        "compile_s": compile_s, "peak_rss_bytes": _peak_rss(), **extra,
+    }
 
 
 def matmul_peak(n: int | None = None, reps: int = 5) -> float:
@@ -112,32 +126,23 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
         raise ValueError(f"unknown case {case!r}: inference or train_step")
     flops = _flops(compiled)
     jax.block_until_ready(call(*args))  # warm-up
-    times = _time(call, args, reps)
-    med = float(np.median(times))
-    return {
-        "config": os.path.basename(config_path), "case": case, "batch": batch, "frames": s.num_frames,
-        "width": s.width, "depth": s.depth, "variant": s.variant, "dtype": str(s.dtype or "float32"),
-        "median_s": med, "min_s": float(np.min(times)), "reps": reps,
-        "clips_per_s": batch / med, "frames_per_s": batch * s.num_frames / med,
-        "flops_per_clip": flops / batch, "achieved_flops_per_s": flops / med, "peak_flops_per_s": peak,
-        "fraction_of_peak": flops / med / peak, "compile_s": compile_s,
-        "peak_rss_bytes": _peak_rss(), "peak_device_bytes": _device_peak(),
-        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{len(jax.devices())}",
-        "framework": f"jax {jax.__version__}",
-    }
+    return _record(config_path, case, batch, s, _time(call, args, reps), flops / batch, peak, compile_s,
+                   dtype=str(s.dtype or "float32"), peak_device_bytes=_device_peak(),
+                   device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{len(jax.devices())}",
+                   framework=f"jax {jax.__version__}")
 
 
-def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
-                     overrides=None) -> dict:
+def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
+                     flops_per_clip: float) -> dict:
     """The same case with :mod:`rtpca_jax.torch_ref` (eager PyTorch, the
-    official network), timed the same way in a fresh process (so neither
-    runtime's thread pool competes with the other's); FLOPs are the JAX
-    model's (same math)."""
+    official float32 network), timed the same way in a fresh process (so
+    neither runtime's thread pool competes with the other's); FLOPs are the
+    JAX model's (same math)."""
     import subprocess
 
     job = json.dumps(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
-                          flops_per_clip=flops_per_clip, overrides=overrides or {}))
-    proc = subprocess.run([sys.executable, "-c", "import sys; from rtpca_jax import bench; bench._torch_worker()"],
+                          flops_per_clip=flops_per_clip))
+    proc = subprocess.run([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
                           input=job, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"PyTorch benchmark failed:\n{proc.stderr[-3000:]}")
@@ -149,17 +154,13 @@ def _torch_worker() -> None:
     print(json.dumps(_torch_case(**job)))
 
 
-def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
-                overrides: dict) -> dict:
+def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float) -> dict:
     import torch
 
     from rtpca_jax import torch_ref
     from rtpca_jax.config_lib import load_config_file
 
     cfg = load_config_file(config_path)
-    for k, v in (overrides or {}).items():
-        if k != "remat":
-            cfg.model[k] = v
     torch.manual_seed(0)
     model = torch_ref.build(cfg.model)
     s = model.spec
@@ -186,33 +187,16 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
 
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    mm = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        mm.append(time.perf_counter() - t0)
-    torch_peak = 2.0 * n ** 3 / float(np.median(mm))
+    matmul = lambda: a @ b  # noqa: E731
+    matmul()
+    torch_peak = 2.0 * n ** 3 / float(np.median(_time(matmul, (), 5, sync=lambda out: out)))
     t0 = time.perf_counter()
     call()  # warm-up (eager: nothing to compile)
     first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    return {
-        "config": os.path.basename(config_path), "case": case, "batch": batch, "frames": s.num_frames,
-        "width": s.width, "depth": s.depth, "variant": s.variant, "dtype": "float32",
-        "framework": f"torch {torch.__version__} eager ({torch.get_num_threads()} threads)",
-        "median_s": med, "min_s": float(np.min(times)), "reps": reps,
-        "clips_per_s": batch / med, "frames_per_s": batch * s.num_frames / med,
-        "flops_per_clip": flops_per_clip, "achieved_flops_per_s": flops_per_clip * batch / med,
-        "peak_flops_per_s": peak, "fraction_of_peak": flops_per_clip * batch / med / peak, "compile_s": first_s,
-        "peak_rss_bytes": _peak_rss(), "peak_device_bytes": None, "device": "cpu",
-        "torch_matmul_peak_flops_per_s": torch_peak,
-    }
+    return _record(config_path, case, batch, s, _time(call, (), reps, sync=lambda out: out), flops_per_clip, peak,
+                   first_s, dtype="float32", peak_device_bytes=None, device="cpu",
+                   framework=f"torch {torch.__version__} eager ({torch.get_num_threads()} threads)",
+                   torch_matmul_peak_flops_per_s=torch_peak)
 
 
 def _row(r: dict) -> str:
@@ -233,7 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the records here")
     ap.add_argument("--torch", action="store_true",
                     help="also time each case with rtpca_jax.torch_ref (eager PyTorch statement of the official "
-                         "network, needs the torch extra) and print the JAX/PyTorch speed ratio")
+                         "network in float32, needs the torch extra; --dtype/--remat apply to JAX only) and print "
+                         "the JAX/PyTorch speed ratio")
     a = ap.parse_args(argv)
     configs = a.config or [os.path.join(REPO_CONFIGS, c) for c in DEFAULT_CASES]
     overrides = {}
@@ -259,7 +244,7 @@ def main(argv=None) -> int:
                 records.append(r)
                 print(_row(r), flush=True)
                 if a.torch:
-                    t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], overrides)
+                    t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"])
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
                     records.append(t)
                     print(_row(t) + f"   JAX/PyTorch speed {t['jax_speedup']:.2f}x (PyTorch's own matmul: "

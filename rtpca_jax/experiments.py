@@ -118,7 +118,7 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
             run_dir = os.path.join(workdir, f"{name}_seed{seed}")
             result_path = os.path.join(run_dir, "result.json")
             if os.path.exists(result_path):
-                records.append(_with_epoch_time(json.load(open(result_path)), run_dir))
+                records.append(json.load(open(result_path)))
                 continue
             cfg = copy.deepcopy(config)
             for k, v in overrides.items():
@@ -138,28 +138,16 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
                 "params": model_lib.count_params(params),
                 "flops_per_clip": flops_per_clip(module, jax.device_get(params)),
                 "train_s": float(sum(h["train_s"] for h in out["history"])),
+                # the quickest epoch: the figure least disturbed by other work on the machine
+                "fastest_epoch_s": float(min((h["train_s"] for h in out["history"]), default=float("nan"))),
                 "wall_s": time.perf_counter() - t0,
                 "epochs": config.train.num_epochs,
                 "steps": int(out["history"][-1]["step"]) if out["history"] else 0,
             }
-            rec = _with_epoch_time(rec, run_dir)
             _write(result_path, json.dumps(rec, indent=1))
             records.append(rec)
     _ablation_report(records, workdir, config)
     return records
-
-
-def _with_epoch_time(rec: dict, run_dir: str) -> dict:
-    """Adds ``fastest_epoch_s``: the quickest epoch's training time, the
-    figure least disturbed by other work sharing the machine."""
-    path = os.path.join(run_dir, "history.json")
-    if "fastest_epoch_s" not in rec and os.path.exists(path):
-        hist = json.load(open(path))
-        hist = hist.get("history", hist) if isinstance(hist, dict) else hist
-        times = [h["train_s"] for h in hist if h.get("train_s")]
-        if times:
-            rec = {**rec, "fastest_epoch_s": float(min(times))}
-    return rec
 
 
 def _ablation_report(records: list[dict], workdir: str, config) -> None:
