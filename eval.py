@@ -13,7 +13,6 @@ directory).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -31,9 +30,9 @@ FLAGS = flags.FLAGS
 def load_model_params(cfg, path: str):
     """``(module, params)`` for a checkpoint path of any supported kind; an
     official ``.bin`` is read with the config's model section."""
-    from rtpca_jax.inference import load_checkpoint
+    from rtpca_jax.convert import TORCH_SUFFIXES, load_model
 
-    return load_checkpoint(path, model_config=cfg.model if path.endswith((".bin", ".pth", ".pt")) else None)
+    return load_model(path, model_config=cfg.model if path.endswith(TORCH_SUFFIXES) else None)
 
 
 def format_table(results: dict) -> str:
@@ -47,17 +46,22 @@ def format_table(results: dict) -> str:
 
 def main(argv):
     del argv
-    from rtpca_jax import train_lib
+    from rtpca_jax import storage, train_lib
     from rtpca_jax.distributed import maybe_initialize
-    from rtpca_jax.train_loop import load_split
+    from rtpca_jax.train_loop import data_location, load_split
 
     logging.set_verbosity(logging.WARNING)
     maybe_initialize()
     cfg = FLAGS.config
     try:
+        storage.check_reachable(FLAGS.checkpoint, what="checkpoint")
+        if data_location(cfg.data):
+            storage.check_reachable(data_location(cfg.data), what="data")
+        if FLAGS.output:
+            storage.check_reachable(FLAGS.output, what="output")
         module, params = load_model_params(cfg, FLAGS.checkpoint)
         test = load_split(cfg.data, "test")
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     mesh = train_lib.make_mesh()
@@ -66,21 +70,19 @@ def main(argv):
                                         flip_tta=cfg.eval.flip_tta)
     results = train_lib.score_sequences(test, preds)
     print(format_table(results))
-    out_dir = FLAGS.output or (FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint)
-                               else os.path.dirname(os.path.abspath(FLAGS.checkpoint)))
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
+    out_dir = FLAGS.output or (FLAGS.checkpoint if storage.isdir(FLAGS.checkpoint)
+                               else storage.dirname(FLAGS.checkpoint))
+    storage.makedirs(out_dir)
+    path = storage.join(out_dir, "results.json")
+    storage.write_json(path, results)
     from rtpca_jax import viz
     from rtpca_jax.data.skeleton import get_layout
 
     pa = results["per_action"]
-    viz.bar_chart({a: r["mpjpe_mm"] for a, r in pa.items()}, os.path.join(out_dir, "per_action_errors.png"),
+    viz.bar_chart({a: r["mpjpe_mm"] for a, r in pa.items()}, storage.join(out_dir, "per_action_errors.png"),
                   "error (mm)", "per-action error", secondary={a: r["p_mpjpe_mm"] for a, r in pa.items()})
     names = get_layout(test[0].layout).joints
-    viz.bar_chart(dict(zip(names, results["per_joint_mm"])), os.path.join(out_dir, "per_joint_errors.png"),
+    viz.bar_chart(dict(zip(names, results["per_joint_mm"])), storage.join(out_dir, "per_joint_errors.png"),
                   "MPJPE (mm)", "per-joint error")
     print(f"wrote {path}, per_action_errors.png, per_joint_errors.png")
     return 0

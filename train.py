@@ -9,7 +9,6 @@ Resumes automatically from ``--workdir``; SIGTERM saves a checkpoint and exits.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -27,7 +26,7 @@ def baseline_report(result: dict, workdir: str) -> str:
     """P1/P2 of the trained model beside two closed-form baselines on the same clips."""
     import numpy as np
 
-    from rtpca_jax import train_lib
+    from rtpca_jax import storage, train_lib
 
     train, test = result["train"], result["test"]
     mean_pose = train_lib.mean_pose_baseline(train)
@@ -42,8 +41,8 @@ def baseline_report(result: dict, workdir: str) -> str:
     for name, r in rows:
         lines.append(f"| {name} | {r['mpjpe_mm']:.1f} | {r['p_mpjpe_mm']:.1f} | {r['mpjve_mm']:.2f} |")
     table = "\n".join(lines)
-    with open(os.path.join(workdir, "baselines.json"), "w") as f:
-        json.dump({name: {k: v for k, v in r.items() if k != "per_action"} for name, r in rows}, f, indent=1)
+    storage.write_json(storage.join(workdir, "baselines.json"),
+                       {name: {k: v for k, v in r.items() if k != "per_action"} for name, r in rows})
     return table
 
 
@@ -52,7 +51,7 @@ def main(argv):
     import jax
     from tqdm import tqdm
 
-    from rtpca_jax import train_loop
+    from rtpca_jax import storage, train_loop
     from rtpca_jax.distributed import maybe_initialize
 
     maybe_initialize()
@@ -68,8 +67,8 @@ def main(argv):
     try:
         result = train_loop.train_and_evaluate(
             cfg, FLAGS.workdir, progress=lambda **kw: tqdm(unit="step", dynamic_ncols=True, **kw),
-            on_epoch=on_epoch)
-    except (train_loop.NonFiniteLossError, ValueError) as e:
+            on_epoch=on_epoch, announce=tqdm.write)
+    except (train_loop.NonFiniteLossError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result["status"] == "preempted":
@@ -78,9 +77,8 @@ def main(argv):
     if jax.process_index() == 0 and cfg.train.get("report_baselines", False) and result["final"]:
         table = baseline_report(result, FLAGS.workdir)
         print(f"\nheld-out clips ({len(result['test'])} sequences), flip test-time augmentation:\n{table}")
-        with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
-            f.write(table + "\n")
-    print(f"work directory: {os.path.abspath(FLAGS.workdir)} (training_curve.png, history.json, tb/)")
+        storage.write_text(storage.join(FLAGS.workdir, "report.md"), table + "\n")
+    print(f"work directory: {storage.normalize(FLAGS.workdir)} (training_curve.png, history.json, tb/)")
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Orbax checkpoints of training runs (the v1 ``training.Checkpointer``).
+"""Orbax checkpoints of training runs (the v1 ``training.Checkpointer``) and
+of converted models (:func:`save_params`).  The loader for every kind of
+checkpoint path, official PyTorch files included, is
+:func:`rtpca_jax.convert.load_model`.
 
 A checkpoint holds the whole ``TrainState`` (params, optimiser state, step,
 dropout rng) plus the data-pipeline position (epoch, step within the epoch)
@@ -7,17 +10,21 @@ and, when known, the validation MPJPE it was saved with.  Kept: the latest
 
 Restoring walks from the newest checkpoint back and skips, with a warning,
 any that cannot be read (truncated or corrupted files), so a damaged latest
-checkpoint costs one interval, not the run.  Orbax writes each checkpoint to a
-temporary folder and renames it when complete, so a process killed while
-saving leaves no half-written checkpoint behind.
+checkpoint costs one interval, not the run.  On local disks Orbax writes each
+checkpoint to a temporary folder and renames it when complete; on object
+stores (``gs://``) it writes in place and marks a finished checkpoint with a
+commit file, so in both cases a process killed while saving leaves no
+checkpoint that looks complete but is not.
+
+Directories may be local or remote (``gs://...``): every access goes through
+:mod:`rtpca_jax.storage` (Orbax itself uses etils.epath and tensorstore).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -25,48 +32,62 @@ from absl import logging
 
 from orbax.checkpoint.experimental import v1 as ocp
 
+from rtpca_jax import storage
+
 METRIC = "val_mpjpe_mm"
 
 
 def _json_ok(path: str) -> bool:
     try:
-        with open(path) as f:
-            json.load(f)
+        json.loads(storage.read_text(path))
         return True
     except (OSError, ValueError):
         return False
 
 
 def quarantine_damaged(directory: str) -> list[str]:
-    """Move aside (rename to ``<step>.damaged``, never delete) step folders
-    whose JSON metadata cannot be parsed: Orbax reads those when it opens the
-    directory and would refuse to open it at all.  Returns the moved paths."""
+    """Move aside (to ``<step>.damaged``, never delete) step folders whose JSON
+    metadata cannot be parsed: Orbax reads those when it opens the directory
+    and would refuse to open it at all.  Returns the new paths."""
     moved = []
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         return moved
-    for name in sorted(os.listdir(directory)):
-        step_dir = os.path.join(directory, name)
-        if not (name.isdigit() and os.path.isdir(step_dir)):
+    names = storage.listdir(directory)
+    for name in names:
+        step_dir = storage.join(directory, name)
+        if not (name.isdigit() and storage.isdir(step_dir)):
             continue
-        candidates = [os.path.join(step_dir, "_CHECKPOINT_METADATA"), os.path.join(step_dir, "metrics", "metrics")]
-        candidates += [os.path.join(step_dir, d, "_METADATA") for d in os.listdir(step_dir)]
-        bad = [c for c in candidates if os.path.isfile(c) and not _json_ok(c)]
+        candidates = [storage.join(step_dir, "_CHECKPOINT_METADATA"), storage.join(step_dir, "metrics", "metrics")]
+        candidates += [storage.join(step_dir, d, "_METADATA") for d in storage.listdir(step_dir)]
+        bad = [c for c in candidates if storage.isfile(c) and not _json_ok(c)]
         if bad:
             target = step_dir + ".damaged"
             i = 1
-            while os.path.exists(target):
+            while storage.exists(target):
                 target = f"{step_dir}.damaged{i}"
                 i += 1
-            os.replace(step_dir, target)
+            storage.replace_tree(step_dir, target)
             logging.warning("checkpoint %s is damaged (unreadable %s); moved to %s", name,
-                            os.path.relpath(bad[0], step_dir), target)
+                            bad[0][len(step_dir) + 1:], target)
             moved.append(target)
     return moved
 
 
+def _newest_readable(ckpt, load: Callable[[int], Any], where: str):
+    """``(step, tree)`` of the newest checkpoint ``load`` can read, skipping
+    (with a warning) every unreadable one; None when there is none."""
+    for step in sorted((int(c.step) for c in ckpt.checkpoints), reverse=True):
+        try:
+            return step, load(step)
+        except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
+            logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
+                            step, where, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    return None
+
+
 class Checkpoints:
     def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.normalize(directory)
         if jax.process_index() == 0:
             quarantine_damaged(self.directory)
         policies = [ocp.training.preservation_policies.LatestN(keep)]
@@ -78,7 +99,7 @@ class Checkpoints:
         )
 
     def save(self, state, *, epoch: int, epoch_step: int, val_mpjpe_mm: Optional[float] = None) -> None:
-        """Save synchronously (returns once the checkpoint is complete on disk)."""
+        """Save synchronously (returns once the checkpoint is complete)."""
         step = int(jax.device_get(state.step))
         tree = {"state": state, "position": {"epoch": np.asarray(epoch, np.int64), "epoch_step": np.asarray(epoch_step, np.int64)}}
         metrics = {METRIC: float(val_mpjpe_mm)} if val_mpjpe_mm is not None else None
@@ -93,16 +114,12 @@ class Checkpoints:
         or None when there is none.  Unreadable ones are skipped with a warning."""
         abstract = {"state": abstract_state,
                     "position": {"epoch": np.zeros((), np.int64), "epoch_step": np.zeros((), np.int64)}}
-        for step in reversed(self.steps()):
-            try:
-                tree = self._ckpt.load(step, abstract)
-            except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
-                logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
-                                step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-                continue
-            pos = tree["position"]
-            return tree["state"], int(pos["epoch"]), int(pos["epoch_step"]), step
-        return None
+        found = _newest_readable(self._ckpt, lambda s: self._ckpt.load(s, abstract), self.directory)
+        if found is None:
+            return None
+        step, tree = found
+        pos = tree["position"]
+        return tree["state"], int(pos["epoch"]), int(pos["epoch_step"]), step
 
     def close(self) -> None:
         self._ckpt.close()
@@ -110,33 +127,48 @@ class Checkpoints:
 
 def load_params(directory: str, abstract_params=None):
     """Model parameters of the newest readable checkpoint in a training
-    directory, or of ``<dir>/params`` written by ``convert to-jax`` (restored
-    to ``abstract_params``' shapes, replicated, when given)."""
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
+    checkpoint folder, or of ``<dir>/params`` written by ``convert to-jax``
+    (restored to ``abstract_params``' shapes, replicated, when given)."""
+    directory = storage.normalize(directory)
+    if not storage.isdir(directory):
         raise ValueError(f"{directory}: checkpoint directory not found")
     if abstract_params is not None:
         abstract_params = _with_replicated_sharding(abstract_params)
-    if os.path.isdir(os.path.join(directory, "params")):
-        return ocp.load(os.path.join(directory, "params"), abstract_params)
+    if storage.isdir(storage.join(directory, "params")):
+        return ocp.load(storage.join(directory, "params"), abstract_params)
     quarantine_damaged(directory)
     ckpt = ocp.training.Checkpointer(directory)
+
+    def load(step):
+        with warnings.catch_warnings():
+            # training checkpoints carry their sharding; restoring it replicated is what we want
+            warnings.simplefilter("ignore", UserWarning)
+            return ckpt.load(step)
+
     try:
-        for c in sorted(ckpt.checkpoints, key=lambda c: c.step, reverse=True):
-            try:
-                with warnings.catch_warnings():
-                    # training checkpoints carry their sharding; restoring it replicated is what we want
-                    warnings.simplefilter("ignore", UserWarning)
-                    tree = ckpt.load(c.step)
-            except Exception as e:  # noqa: BLE001
-                logging.warning("checkpoint %d unreadable (%s: %s); trying the previous one", c.step,
-                                type(e).__name__, str(e).splitlines()[0][:200])
-                continue
-            state = tree["state"]
-            return state["params"] if isinstance(state, dict) else state.params
+        found = _newest_readable(ckpt, load, directory)
     finally:
         ckpt.close()
-    raise ValueError(f"{directory}: no readable checkpoint found")
+    if found is None:
+        raise ValueError(f"{directory}: no readable checkpoint found")
+    state = found[1]["state"]
+    return state["params"] if isinstance(state, dict) else state.params
+
+
+def save_params(out_dir: str, params, model_config) -> None:
+    """A model as ``convert to-jax`` writes it: ``<out>/params`` (Orbax) and
+    ``<out>/model_config.json``.  The parameters go to ``params.tmp`` first and
+    replace ``params`` when complete (a rename on local disks, a copy on object
+    stores), so an existing model is never left half-overwritten."""
+    from rtpca_jax.model.spec import as_dict
+
+    target = storage.join(out_dir, "params")
+    tmp = target + ".tmp"
+    storage.makedirs(out_dir)
+    storage.rmtree(tmp)
+    ocp.save(tmp, params)
+    storage.replace_tree(tmp, target)
+    storage.write_json(storage.join(out_dir, "model_config.json"), as_dict(model_config))
 
 
 def _with_replicated_sharding(abstract):
@@ -151,4 +183,3 @@ def _with_replicated_sharding(abstract):
         return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
 
     return jax.tree_util.tree_map(fix, abstract)
-

@@ -33,8 +33,10 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.model = paper_model(variant)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "h36m"  # h36m | humaneva15 | mpi_inf_3dhp | cmu | bvh
-    c.data.root = "data"  # where the user keeps the dataset files
+    c.data.source = "h36m"  # h36m | humaneva15 | mpi_inf_3dhp | cmu | bvh | tfds
+    c.data.root = "data"  # where the user keeps the dataset files (local or gs://)
+    c.data.tfds_name = ""  # source "tfds": a prepared dataset, e.g. "h36m/gt", "cmu_mocap"
+    c.data.tfds_data_dir = ""  # source "tfds": its data_dir (local or gs://)
     c.data.keypoints = "gt"  # 2D keypoints file suffix (h36m / humaneva)
     c.data.train_subjects = ("S1", "S5", "S6", "S7", "S8")
     c.data.test_subjects = ("S9", "S11")

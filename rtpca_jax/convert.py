@@ -317,8 +317,10 @@ def load_torch_checkpoint(path) -> dict[str, np.ndarray]:
     """
     import os
 
+    from rtpca_jax import storage
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ValueError(f"{path}: checkpoint file not found")
     try:
         import torch
@@ -326,7 +328,8 @@ def load_torch_checkpoint(path) -> dict[str, np.ndarray]:
         raise ImportError("reading PyTorch checkpoints needs torch: pip install '.[torch]' "
                           "(or pip install torch==2.13.0)") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with storage.open_binary(path) as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors of many kinds
         raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:300]})") from e
@@ -345,15 +348,65 @@ def save_torch_checkpoint(state_dict: Mapping[str, np.ndarray], path, *, prefix:
                           epoch: int = 0, lr: float = 0.0) -> None:
     """Write the official training-checkpoint layout
     ``{'epoch', 'lr', 'optimizer': None, 'model_pos': {prefix + key: tensor}}``."""
-    import os
+    import io
 
     import torch
 
+    from rtpca_jax import storage
+
     ckpt = {"epoch": int(epoch), "lr": float(lr), "optimizer": None,
             "model_pos": {prefix + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}}
-    tmp = os.fspath(path) + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    storage.write_bytes(path, buf.getvalue())
+
+
+TORCH_SUFFIXES = (".bin", ".pth", ".pt")
+
+
+def model_config_of(path: str):
+    """The model section stored beside a checkpoint: ``model_config.json``
+    (converted model) or ``config.json`` (training work directory); None if
+    neither exists."""
+    from rtpca_jax import storage
+
+    for name, key in (("model_config.json", None), ("config.json", "model")):
+        p = storage.join(path, name)
+        if storage.isfile(p):
+            d = storage.read_json(p)
+            return ml_collections.ConfigDict(d[key] if key else d)
+    return None
+
+
+def load_model(path: str, model_config=None):
+    """``(module, params)`` for any checkpoint path: a training work directory
+    (``config.json`` + ``checkpoints/``), its ``checkpoints/`` folder, a
+    ``convert to-jax`` output (``model_config.json`` + ``params/``), or an
+    official PyTorch ``.bin``/``.pth`` (config inferred from the weights
+    unless ``model_config`` is given).  Local or remote paths alike."""
+    import jax
+
+    from rtpca_jax import checkpoints, model, storage
+
+    path = storage.normalize(path)
+    if path.endswith(TORCH_SUFFIXES) and storage.isfile(path):
+        sd = load_torch_checkpoint(path)
+        cfg = model_config if model_config is not None else infer_config(sd)
+        return model.build(cfg), from_torch(sd, cfg)
+    if not storage.isdir(path):
+        raise ValueError(f"{path}: checkpoint not found (a training work directory, a `convert to-jax` output "
+                         f"or an official .bin)")
+    cfg = model_config_of(path)
+    if cfg is None and storage.basename(path) == "checkpoints":
+        cfg = model_config_of(storage.dirname(path))
+    if cfg is None:
+        cfg = model_config
+    if cfg is None:
+        raise ValueError(f"{path}: no model_config.json or config.json beside the checkpoint; pass a config")
+    module = model.build(cfg)
+    abstract = jax.eval_shape(lambda: model.init_params(module, jax.random.PRNGKey(0)))
+    sub = storage.join(path, "checkpoints")
+    return module, checkpoints.load_params(sub if storage.isdir(sub) else path, abstract)
 
 
 # --------------------------------------------------------------------------
@@ -392,7 +445,7 @@ def resample_frames(params: Mapping[str, Any], model_config, num_frames: int):
     out = copy.deepcopy(jax_tree_to_numpy(params))
     out["temporal_pos"] = _interp_time(out["temporal_pos"], num_frames, axis=0)
     if s.tpca:
-        old_l, new_l = s.pyramid_lengths, new.pyramid_lengths
+        new_l = new.pyramid_lengths
         for i in range(s.depth):
             pyr = out[f"temporal_block_{i}"]["attn"]["pyramid"]
             for k in range(1, s.pyramid_levels + 1):
@@ -417,31 +470,8 @@ def jax_tree_to_numpy(tree):
 # Command line
 
 
-def _save_jax(out_dir: str, params, cfg) -> None:
-    import json
-    import os
-    import shutil
-
-    from orbax.checkpoint.experimental import v1 as ocp
-
-    os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, "params")
-    tmp = target + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    ocp.save(tmp, params)
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    d = as_dict(cfg)
-    with open(os.path.join(out_dir, "model_config.json"), "w") as f:
-        json.dump(d, f, indent=1, default=str)
-
-
 def main(argv=None) -> int:
     import argparse
-    import json
-    import os
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.convert",
@@ -459,6 +489,8 @@ def main(argv=None) -> int:
     tt.add_argument("--config", help="config file (default: model_config.json of the directory)")
     tt.add_argument("--no-prefix", action="store_true", help="keys without the 'module.' prefix")
     args = ap.parse_args(argv)
+    from rtpca_jax import checkpoints
+
     try:
         if args.cmd == "to-jax":
             sd = load_torch_checkpoint(args.checkpoint)
@@ -473,32 +505,17 @@ def main(argv=None) -> int:
             params = from_torch(sd, cfg)
             if args.frames:
                 params, cfg = resample_frames(params, cfg, args.frames)
-            _save_jax(args.out, params, cfg)
+            checkpoints.save_params(args.out, params, cfg)
             print(f"wrote {args.out}/params ({count_params(params):,} parameters, "
                   f"{cfg.variant}, F={cfg.num_frames}) and {args.out}/model_config.json")
         else:
-            import ml_collections as mlc
-
-            from rtpca_jax import checkpoints
-
+            model_config = None
             if args.config:
                 from rtpca_jax.config_lib import load_config_file
 
-                cfg = load_config_file(args.config).model
-            else:
-                path = os.path.join(args.directory, "model_config.json")
-                if not os.path.exists(path):
-                    path = os.path.join(args.directory, "config.json")
-                    if not os.path.exists(path):
-                        raise ValueError(f"{args.directory}: no model_config.json or config.json; pass --config")
-                    cfg = mlc.ConfigDict(json.load(open(path))["model"])
-                else:
-                    cfg = mlc.ConfigDict(json.load(open(path)))
-            ck = args.directory
-            if os.path.isdir(os.path.join(ck, "checkpoints")):
-                ck = os.path.join(ck, "checkpoints")
-            params = jax_tree_to_numpy(checkpoints.load_params(ck))
-            sd = to_torch(params, cfg)
+                model_config = load_config_file(args.config).model
+            module, params = load_model(args.directory, model_config)
+            sd = to_torch(jax_tree_to_numpy(params), module.spec)
             save_torch_checkpoint(sd, args.out, prefix="" if args.no_prefix else "module.")
             print(f"wrote {args.out} ({len(sd)} tensors, official layout)")
     except (ValueError, ImportError) as e:

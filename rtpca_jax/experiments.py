@@ -27,19 +27,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-from rtpca_jax import metrics
+from rtpca_jax import metrics, storage
 
 
 def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    storage.write_text(path, text)
 
 
 def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, logx=False, annotate=None,
@@ -70,9 +67,8 @@ def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, log
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)
+    storage.save_figure(fig, path)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 # ----------------------------------------------------------------------------
@@ -105,7 +101,7 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
     from rtpca_jax import train_loop
     from rtpca_jax.model.summary import flops_per_clip
 
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     runs = ablation_runs(config.model)
     if only:
         unknown = [o for o in only if o not in runs]
@@ -115,10 +111,10 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
     records = []
     for name, overrides in runs.items():
         for seed in seeds:
-            run_dir = os.path.join(workdir, f"{name}_seed{seed}")
-            result_path = os.path.join(run_dir, "result.json")
-            if os.path.exists(result_path):
-                records.append(json.load(open(result_path)))
+            run_dir = storage.join(workdir, f"{name}_seed{seed}")
+            result_path = storage.join(run_dir, "result.json")
+            if storage.exists(result_path):
+                records.append(storage.read_json(result_path))
                 continue
             cfg = copy.deepcopy(config)
             for k, v in overrides.items():
@@ -174,10 +170,10 @@ def _ablation_report(records: list[dict], workdir: str, config) -> None:
                      f"{rs[0]['flops_per_clip'] / 1e9:.3f} | {ms([r['train_s'] for r in rs])} | "
                      f"{min((r.get('fastest_epoch_s', np.nan) for r in rs)):.1f} |")
     lines += ["", *seed_noise_lines(by_run)]
-    _write(os.path.join(workdir, "ablation.md"), "\n".join(lines) + "\n")
-    _write(os.path.join(workdir, "ablation.json"), json.dumps({"runs": records, "summary": summary}, indent=1))
+    _write(storage.join(workdir, "ablation.md"), "\n".join(lines) + "\n")
+    _write(storage.join(workdir, "ablation.json"), json.dumps({"runs": records, "summary": summary}, indent=1))
     _plot({n: [s["flops_per_clip"] / 1e9] for n, s in summary.items()},
-          {n: [s["p1_mm"]] for n, s in summary.items()}, os.path.join(workdir, "p1_vs_flops.png"),
+          {n: [s["p1_mm"]] for n, s in summary.items()}, storage.join(workdir, "p1_vs_flops.png"),
           "GFLOP per clip (XLA)", "P1 MPJPE (mm), mean ± std over seeds", "accuracy against cost", annotate=True,
           yerr={n: s["p1_std_mm"] for n, s in summary.items()})
 
@@ -227,7 +223,7 @@ def run_robustness(config, checkpoint: str, workdir: str, noise_px=(0, 2, 5, 10,
     from rtpca_jax import train_lib
     from rtpca_jax.inference import fill_missing
 
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     module, params, test = _load(config, checkpoint)
     mesh = train_lib.make_mesh()
     predict = train_lib.make_predict_fn(module, mesh)
@@ -267,15 +263,15 @@ def run_robustness(config, checkpoint: str, workdir: str, noise_px=(0, 2, 5, 10,
               "|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v['mpjpe_mm']:.1f} | {v['p_mpjpe_mm']:.1f} | {v['mpjve_mm']:.2f} |"
               for k, v in out["dropout"].items()]
-    _write(os.path.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
-    _write(os.path.join(workdir, "robustness.json"), json.dumps(out, indent=1))
+    _write(storage.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
+    _write(storage.join(workdir, "robustness.json"), json.dumps(out, indent=1))
     _plot(list(noise_px), {"P1": [out["noise"][s]["mpjpe_mm"] for s in noise_px],
                            "P2": [out["noise"][s]["p_mpjpe_mm"] for s in noise_px]},
-          os.path.join(workdir, "robustness_noise.png"), "2D noise sigma (pixels)", "error (mm)",
+          storage.join(workdir, "robustness_noise.png"), "2D noise sigma (pixels)", "error (mm)",
           "P1/P2 against Gaussian 2D noise")
     _plot(list(dropout), {"P1": [out["dropout"][p]["mpjpe_mm"] for p in dropout],
                           "P2": [out["dropout"][p]["p_mpjpe_mm"] for p in dropout]},
-          os.path.join(workdir, "robustness_dropout.png"), "fraction of joints dropped", "error (mm)",
+          storage.join(workdir, "robustness_dropout.png"), "fraction of joints dropped", "error (mm)",
           "P1/P2 against joint dropout (interpolated)")
     return out
 
@@ -290,7 +286,7 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
     from rtpca_jax.inference import predict_any_length
     from rtpca_jax.model.spec import as_dict
 
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     module, params, test = _load(config, checkpoint)
     long = [s for s in test if s.num_frames >= min_frames]
     if not long:
@@ -333,12 +329,12 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
         for k, r in v.items():
             lines.append(f"| {f} | {k.replace('_', ' ')} | {r['mpjpe_mm']:.1f} | {r['mpjve_mm']:.2f} | "
                          f"{r['accel_mm']:.2f} |")
-    _write(os.path.join(workdir, "stability.md"), "\n".join(lines) + "\n")
-    _write(os.path.join(workdir, "stability.json"), json.dumps(out, indent=1))
+    _write(storage.join(workdir, "stability.md"), "\n".join(lines) + "\n")
+    _write(storage.join(workdir, "stability.json"), json.dumps(out, indent=1))
     ok = [f for f in out if "error" not in out[f]]
     _plot([int(f) for f in ok], {f"{k} {m}": [out[f][k][m] for f in ok]
                                  for k in ("hard_cuts", "cross_fade") for m in ("mpjve_mm", "accel_mm")},
-          os.path.join(workdir, "stability.png"), "clip length (frames)", "error (mm)",
+          storage.join(workdir, "stability.png"), "clip length (frames)", "error (mm)",
           "temporal errors on long sequences", logx=True)
     return out
 
@@ -380,14 +376,14 @@ def main(argv=None) -> int:
             run_ablation(cfg, a.workdir, seeds=[int(s) for s in a.seeds.split(",")],
                          only=a.runs.split(",") if a.runs else None,
                          progress=lambda **kw: tqdm(unit="step", leave=False, **kw))
-            print(open(os.path.join(a.workdir, "ablation.md")).read())
+            print(storage.read_text(storage.join(a.workdir, "ablation.md")))
         elif a.cmd == "robustness":
             run_robustness(cfg, a.checkpoint, a.workdir)
-            print(open(os.path.join(a.workdir, "robustness.md")).read())
+            print(storage.read_text(storage.join(a.workdir, "robustness.md")))
         else:
             run_stability(cfg, a.checkpoint, a.workdir)
-            print(open(os.path.join(a.workdir, "stability.md")).read())
-    except ValueError as e:
+            print(storage.read_text(storage.join(a.workdir, "stability.md")))
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rtpca_jax import storage
+
 from rtpca_jax.data.skeleton import H36M17, Layout
 
 
@@ -70,29 +72,31 @@ def render_frames(xy_px: np.ndarray, pose3d: np.ndarray, image_size: tuple[int, 
 def render_animation(xy_px: np.ndarray, pose3d: np.ndarray, path: str, image_size: tuple[int, int],
                      fps: float = 25.0, layout: Layout = H36M17, size_px=(640, 320), stride: int = 1) -> int:
     """Write a GIF (Pillow) or MP4 (ffmpeg from imageio-ffmpeg); returns the frame count."""
-    frames = render_frames(xy_px, pose3d, image_size, layout, size_px, stride)
     ext = os.path.splitext(path)[1].lower()
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = path + ".tmp" + ext
+    if ext not in (".gif", ".mp4"):
+        raise ValueError(f"{path}: render to .gif or .mp4")
+    frames = render_frames(xy_px, pose3d, image_size, layout, size_px, stride)
     if ext == ".gif":
+        import io
+
         from PIL import Image
 
+        buf = io.BytesIO()
         imgs = [Image.fromarray(f).convert("P", palette=Image.ADAPTIVE, colors=64) for f in frames]
-        imgs[0].save(tmp, save_all=True, append_images=imgs[1:], duration=int(1000 * stride / fps), loop=0,
-                     optimize=True)
-    elif ext == ".mp4":
+        imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 * stride / fps),
+                     loop=0, optimize=True)
+        storage.write_bytes(path, buf.getvalue())
+    else:
         import imageio_ffmpeg
 
         h, w = frames[0].shape[:2]
-        writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps / stride, codec="libx264", pix_fmt_out="yuv420p",
-                                             macro_block_size=1)
-        writer.send(None)
-        for f in frames:
-            writer.send(np.ascontiguousarray(f))
-        writer.close()
-    else:
-        raise ValueError(f"{path}: render to .gif or .mp4")
-    os.replace(tmp, path)
+        with storage.local_output(path) as tmp:  # ffmpeg writes file names only
+            writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps / stride, codec="libx264",
+                                                 pix_fmt_out="yuv420p", macro_block_size=1)
+            writer.send(None)
+            for f in frames:
+                writer.send(np.ascontiguousarray(f))
+            writer.close()
     return len(frames)
 
 
@@ -112,7 +116,5 @@ def bar_chart(values: dict[str, float], path: str, ylabel: str, title: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    storage.save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rtpca_jax import convert, inference, model, viz
+from rtpca_jax import checkpoints, inference, model, viz
 from rtpca_jax.data import camera, sources
 from rtpca_jax.data.skeleton import COCO17, H36M17
 
@@ -20,7 +20,7 @@ def tiny_ckpt(tmp_path_factory):
     cfg.update(dict(variant="rtpca", num_frames=27, width=16, depth=2, num_heads=2))
     m = model.build(cfg)
     params = jax.tree_util.tree_map(np.asarray, model.init_params(m, jax.random.PRNGKey(0)))
-    convert._save_jax(str(d), params, cfg)
+    checkpoints.save_params(str(d), params, cfg)
     return d
 
 

@@ -17,6 +17,8 @@ import zipfile
 
 import numpy as np
 
+from rtpca_jax import storage
+
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -88,10 +90,10 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     numpy arrays and builtin containers.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ValueError(f"{path}: file not found")
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(storage.open_binary(path) if storage.is_remote(path) else path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ValueError(f"{path}: not an .npz archive ({e})") from e
     out = {}
@@ -120,9 +122,8 @@ def save_npz_deterministic(path: str | os.PathLike, arrays: dict[str, np.ndarray
     """Write an ``.npz`` (deflate) whose bytes depend on the arrays alone: fixed
     member order and timestamps, no pickles.  Written to a temporary file and
     renamed, so an existing file is never left half-written."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         for name in sorted(arrays):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.asarray(arrays[name], order="C"), allow_pickle=False)
@@ -130,4 +131,4 @@ def save_npz_deterministic(path: str | os.PathLike, arrays: dict[str, np.ndarray
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue(), compresslevel=9)
-    os.replace(tmp, path)
+    storage.write_bytes(path, out.getvalue())

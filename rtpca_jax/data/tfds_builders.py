@@ -1,9 +1,19 @@
 """tensorflow-datasets builders: one example per sequence and camera.
 
-The user's files are read from TFDS's manual directory
-(``~/tensorflow_datasets/downloads/manual`` or ``--manual_dir``); the shipped
-CMU data needs none.  Thin entry modules for ``tfds build`` live in
-``datasets/<name>/``.
+The user's files are read from TFDS's manual directory (``--manual_dir``,
+local or ``gs://``); the shipped CMU data needs none.  Build with our command
+(TFDS's own ``tfds build`` imports Apache Beam at start-up, which these
+builders do not need)::
+
+    python -m rtpca_jax.data.tfds_build cmu_mocap --data_dir gs://bucket/tfds
+    python -m rtpca_jax.data.tfds_build h36m/gt --data_dir gs://bucket/tfds --manual_dir gs://bucket/h36m
+
+A remote ``--data_dir`` is built in a local temporary folder, then uploaded
+through :mod:`rtpca_jax.storage` (TFDS writes its shards with TensorFlow's
+file layer).  Every example carries ``index``, its position in the split as
+the file source lists it, so :mod:`rtpca_jax.data.tfds_source` restores the
+file source's order (TFDS shuffles examples when it writes them).  Thin entry
+modules for ``tfds`` tools live in ``datasets/<name>/``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from rtpca_jax.data.sources import cmu, mpi3dhp, videopose3d
 
 def _features(joints: int) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({
+        "index": np.int64,
         "subject": tfds.features.Text(),
         "action": tfds.features.Text(),
         "camera": np.int32,
@@ -27,17 +38,19 @@ def _features(joints: int) -> tfds.features.FeaturesDict:
         "trajectory": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
         "intrinsics": tfds.features.Tensor(shape=(9,), dtype=np.float32),
         "valid": tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+        "image_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
     })
 
 
-def _example(s: sources.Sequence) -> tuple[str, dict]:
+def _example(index: int, s: sources.Sequence) -> tuple[str, dict]:
     t = s.num_frames
     return s.key, {
-        "subject": s.subject, "action": s.action, "camera": s.camera, "fps": s.fps, "layout": s.layout,
+        "index": index, "subject": s.subject, "action": s.action, "camera": s.camera, "fps": s.fps, "layout": s.layout,
         "pose2d": s.pose2d.astype(np.float32), "pose3d": s.pose3d.astype(np.float32),
         "trajectory": s.trajectory.astype(np.float32),
         "intrinsics": np.zeros(9, np.float32) if s.intrinsics is None else s.intrinsics.astype(np.float32),
         "valid": np.ones(t, bool) if s.valid is None else s.valid,
+        "image_size": np.zeros(2, np.int32) if s.image_size is None else np.asarray(s.image_size, np.int32),
     }
 
 
@@ -49,8 +62,9 @@ def _split(seqs, train_subjects, test_subjects):
 
 
 class _PoseBuilder(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "index (the file source's order) and image_size features."}
     JOINTS = 17
     DESCRIPTION = ""
 
@@ -66,8 +80,8 @@ class _PoseBuilder(tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(seqs) for name, seqs in splits.items()}
 
     def _generate_examples(self, seqs):
-        for s in seqs:
-            yield _example(s)
+        for i, s in enumerate(seqs):
+            yield _example(i, s)
 
 
 class H36m(_PoseBuilder):
@@ -119,3 +133,40 @@ class CmuMocap(_PoseBuilder):
         return _split(seqs, train, test)
 
 
+BUILDERS = {"h36m": H36m, "humaneva15": Humaneva15, "mpi_inf_3dhp": MpiInf3dhp, "cmu_mocap": CmuMocap}
+
+
+def build(name: str, data_dir: str, manual_dir=None) -> str:
+    """Prepare dataset ``name`` (``h36m/gt``, ``cmu_mocap``, ...) under
+    ``data_dir`` (local or remote); returns the dataset's version folder."""
+    import tempfile
+
+    from rtpca_jax import storage
+
+    base, _, config = name.partition("/")
+    if base not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(BUILDERS)} (h36m takes a config: "
+                         f"h36m/gt, h36m/cpn_ft_h36m_dbb, h36m/detectron_ft_h36m)")
+    cls = BUILDERS[base]
+    kw = {"config": config} if config else {}
+    if cls.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        if manual_dir is None:
+            raise ValueError(f"{name}: pass --manual_dir, the folder holding your files. "
+                             f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        storage.check_reachable(manual_dir, what="manual_dir")
+        if not storage.isdir(manual_dir):
+            raise ValueError(f"{manual_dir}: manual_dir not found. {cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    dl = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else storage.normalize(manual_dir))
+    if not storage.is_remote(data_dir):
+        b = cls(data_dir=storage.normalize(data_dir), **kw)
+        b.download_and_prepare(download_config=dl)
+        return str(b.data_dir)
+    storage.check_reachable(data_dir, what="data_dir")
+    with tempfile.TemporaryDirectory(prefix="rtpca-tfds-") as stage:
+        b = cls(data_dir=stage, **kw)
+        b.download_and_prepare(download_config=dl)
+        rel = str(b.data_dir)[len(stage) + 1:]
+        target = storage.join(data_dir, rel)
+        storage.rmtree(target)
+        storage.copy_tree(str(b.data_dir), target)
+    return target

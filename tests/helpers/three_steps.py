@@ -1,8 +1,11 @@
 """Run 3 training steps on a fixed global batch with a mesh over all devices
 (of all processes) and save losses and parameters.
 
-    python three_steps.py OUT.npz
+    python three_steps.py OUT.npz [cmu | tfds:DATA_DIR]
 Multi-process: set RTPCA_COORDINATOR, RTPCA_NUM_PROCESSES, RTPCA_PROCESS_ID.
+With a data source, the batches are the first three of the training pipeline
+(epoch 0 of the shipped CMU clips, from the file or from a prepared TFDS
+dataset), each process reading its own rows; without one, fixed random data.
 """
 
 import sys
@@ -15,7 +18,21 @@ from rtpca_jax.config_lib import base_config
 from rtpca_jax.distributed import maybe_initialize
 
 
-def main(out):
+def _pipeline_batches(source, batch, frames):
+    from rtpca_jax.data import sources
+    from rtpca_jax.data.pipeline import ClipDataset
+
+    if source == "cmu":
+        seqs = sources.load("cmu", None, subjects="train", downsample=2)
+    else:
+        from rtpca_jax.data.tfds_source import load_tfds
+
+        seqs = load_tfds("cmu_mocap", source.split(":", 1)[1], "train", downsample=2)
+    ds = ClipDataset(seqs, frames, batch, seed=0, stride=9)
+    return [(x.numpy(), y.numpy()) for x, y in ds.epoch(0).take(3)]
+
+
+def main(out, source=None):
     maybe_initialize()
     cfg = base_config("rtpca")
     cfg.model.update(dict(num_frames=27, width=16, depth=2, num_heads=4, drop_path_rate=0.1))
@@ -32,10 +49,14 @@ def main(out):
     p, n = jax.process_index(), jax.process_count()
     rows = slice(p * batch // n, (p + 1) * batch // n)
     losses = []
-    for _ in range(3):
-        x = rng.normal(size=(batch, 27, 17, 2)).astype(np.float32)
-        y = rng.normal(size=(batch, 27, 17, 3)).astype(np.float32) * 0.2
-        state, m = step(state, train_lib.global_batch(x[rows], mesh), train_lib.global_batch(y[rows], mesh))
+    local = _pipeline_batches(source, batch, 27) if source else None
+    for i in range(3):
+        if local is not None:  # this process's rows already
+            x, y = local[i]
+        else:
+            x = rng.normal(size=(batch, 27, 17, 2)).astype(np.float32)[rows]
+            y = (rng.normal(size=(batch, 27, 17, 3)).astype(np.float32) * 0.2)[rows]
+        state, m = step(state, train_lib.global_batch(x, mesh), train_lib.global_batch(y, mesh))
         losses.append(float(m["loss"]))
     params = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), state.params)
     if p == 0:
@@ -46,4 +67,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

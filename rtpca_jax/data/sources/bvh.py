@@ -9,6 +9,8 @@ from typing import Optional, Sequence as Seq
 
 import numpy as np
 
+from rtpca_jax import storage
+
 from rtpca_jax.data import camera as cam_lib
 from rtpca_jax.data.skeleton import H36M17
 from rtpca_jax.data.sources.records import Sequence, make_sequence
@@ -51,10 +53,9 @@ class Bvh:
 def parse_bvh(path: str | os.PathLike) -> Bvh:
     """Parse a BVH file; raises ValueError naming the file and the problem."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ValueError(f"{path}: file not found")
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    text = storage.read_bytes(path).decode("utf-8", errors="replace")
     head, sep, motion_text = text.partition("MOTION")
     if not sep:
         raise ValueError(f"{path}: no MOTION section; not a BVH file")
@@ -223,15 +224,15 @@ def load_bvh(root, keypoints: str = "gt", subjects=None, actions=None, *, downsa
     virtual cameras.  Subject = file name without extension; action = the same
     (use ``subjects`` to pick files)."""
     root = os.fspath(root)
-    if os.path.isdir(root):
-        files = sorted(os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(".bvh"))
+    if storage.isdir(root):
+        files = [storage.join(root, f) for f in storage.listdir(root) if f.lower().endswith(".bvh")]
         if not files:
             raise ValueError(f"{root}: no .bvh files found")
-    elif os.path.isfile(root):
+    elif storage.isfile(root):
         files = [root]
     else:
         raise ValueError(f"{root}: no such file or folder")
-    names = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    names = [os.path.splitext(storage.basename(f))[0] for f in files]
     if subjects is not None:
         unknown = [s for s in subjects if s not in names]
         if unknown:

@@ -14,10 +14,10 @@ action = the clip's action.
 from __future__ import annotations
 
 import importlib.resources
-import os
 
 import numpy as np
 
+from rtpca_jax import storage
 from rtpca_jax.data.safe_npz import load_npz
 from rtpca_jax.data.sources.bvh import film
 from rtpca_jax.data.sources.records import Sequence
@@ -31,8 +31,8 @@ def asset_path() -> str:
 
 def read_clips(path=None) -> list[dict]:
     path = path or asset_path()
-    if os.path.isdir(path):
-        path = os.path.join(path, ASSET)
+    if storage.isdir(path):
+        path = storage.join(path, ASSET)
     d = load_npz(path, required=("names", "actions", "splits", "offsets", "world", "fps"))
     off = d["offsets"]
     return [

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from rtpca_jax import storage
 from rtpca_jax.data import camera as cam_lib
 from rtpca_jax.data.safe_npz import item, load_npz
 from rtpca_jax.data.skeleton import MPI3DHP17
@@ -38,7 +39,7 @@ def load_mpi_inf_3dhp(root, keypoints: str = "gt", subjects=None, actions=None, 
                          f"test {TEST_SUBJECTS}")
     out = []
     if need_train:
-        path = os.path.join(root, "data_train_3dhp.npz")
+        path = storage.join(root, "data_train_3dhp.npz")
         data = item(load_npz(path, required=("data",))["data"], f"{path}[data]")
         for key in sorted(data):
             subject, seq = key.split(" ") if " " in key else (key, "")
@@ -65,7 +66,7 @@ def load_mpi_inf_3dhp(root, keypoints: str = "gt", subjects=None, actions=None, 
                     origin=origin, image_size=(2048, 2048), downsample=downsample,
                 ))
     if need_test:
-        path = os.path.join(root, "data_test_3dhp.npz")
+        path = storage.join(root, "data_test_3dhp.npz")
         data = item(load_npz(path, required=("data",))["data"], f"{path}[data]")
         for seq in sorted(data):
             if wanted is not None and seq not in wanted:

@@ -7,6 +7,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from rtpca_jax import storage
 from rtpca_jax.data import camera as cam_lib
 from rtpca_jax.data.safe_npz import item, load_npz
 from rtpca_jax.data.skeleton import H36M17, H36M32_TO_17, HUMANEVA15
@@ -63,10 +64,10 @@ def _subset(arrays: list, subset: float) -> list:
 
 def _paired(root: str, dataset: str, keypoints: str) -> tuple[str, str, dict, dict, dict]:
     root = os.fspath(root)
-    p3 = os.path.join(root, f"data_3d_{dataset}.npz")
-    p2 = os.path.join(root, f"data_2d_{dataset}_{keypoints}.npz")
+    p3 = storage.join(root, f"data_3d_{dataset}.npz")
+    p2 = storage.join(root, f"data_2d_{dataset}_{keypoints}.npz")
     for p in (p3, p2):
-        if not os.path.isfile(p):
+        if not storage.isfile(p):
             raise ValueError(f"{p}: file not found (looked for the VideoPose3D {dataset} files in {root})")
     pos3d = item(load_npz(p3, required=("positions_3d",))["positions_3d"], f"{p3}[positions_3d]")
     f2 = load_npz(p2, required=("positions_2d",))
@@ -161,8 +162,8 @@ def load_custom(root, keypoints: str = "detectron_pt_coco", subjects=None, actio
     and ``metadata['video_metadata'][video] = {'w': .., 'h': ..}``.  ``root`` is the
     file or the folder holding ``data_2d_custom_<keypoints>.npz``."""
     path = os.fspath(root)
-    if os.path.isdir(path):
-        path = os.path.join(path, f"data_2d_custom_{keypoints}.npz")
+    if storage.isdir(path):
+        path = storage.join(path, f"data_2d_custom_{keypoints}.npz")
     f = load_npz(path, required=("positions_2d", "metadata"))
     pos2d = item(f["positions_2d"], f"{path}[positions_2d]")
     meta = item(f["metadata"], f"{path}[metadata]")
