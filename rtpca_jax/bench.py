@@ -33,11 +33,31 @@ DEFAULT_CASES = {
 }
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
+def _flops(program) -> float:
+    """XLA's FLOP count of a lowered (preferred) or compiled program.  Count
+    the lowered one: after optimisation XLA:GPU hands matmuls and attention to
+    cuBLAS/cuDNN custom calls, which its cost analysis does not count (a
+    compiled paper-preset step reads 10x too few FLOPs on an H100)."""
+    cost = program.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
-    return float(cost.get("flops", float("nan")))
+    if not cost or "flops" not in cost:
+        return float("nan")
+    return float(cost["flops"])
+
+
+def _count_flops(jitted, lowered, args) -> tuple[float, str]:
+    """FLOPs of a case and where the count came from: the lowered program;
+    where the backend gives no count for it (XLA:GPU), the same program
+    lowered for the CPU platform."""
+    f = _flops(lowered)
+    if np.isfinite(f):
+        return f, "lowered"
+    try:
+        f = _flops(jitted.trace(*args).lower(lowering_platforms=("cpu",)))
+    except Exception:  # noqa: BLE001 - shardings tied to another platform
+        f = float("nan")
+    return f, "lowered for cpu"
 
 
 def _time(fn, args, reps: int, sync=jax.block_until_ready) -> list[float]:
@@ -63,15 +83,40 @@ def _record(config_path: str, case: str, batch: int, spec, times: list[float], f
     }
 
 
-def matmul_peak(n: int | None = None, reps: int = 5) -> float:
-    """FLOP/s of an ``n x n`` float32 matrix product on the default device."""
+LAST_PEAK: dict = {}
+
+
+def matmul_peak(sizes=None, reps: int = 7, dtype: str = "float32") -> float:
+    """The device's matrix-product peak in ``dtype``: the best FLOP/s of ``reps``
+    timed products at each of several sizes (a best, not a median: any case
+    is then a fraction of something the device really did).  The per-size
+    bests are kept in ``LAST_PEAK`` for the report's spread."""
     dev = jax.devices()[0]
-    n = n or (8192 if dev.platform in ("gpu", "tpu") else 2048)
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
-    jax.block_until_ready(f(a, b))
-    return 2.0 * n ** 3 / float(np.median(_time(f, (a, b), reps)))
+    sizes = sizes or ((4096, 8192, 12288) if dev.platform in ("gpu", "tpu") else (1024, 2048, 3072))
+    best = {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+        f = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
+        jax.block_until_ready(f(a, b))
+        best[n] = 2.0 * n ** 3 / float(np.min(_time(f, (a, b), reps)))
+    LAST_PEAK.clear()
+    LAST_PEAK.update(dtype=dtype, per_size=best, best=max(best.values()), worst=min(best.values()))
+    return max(best.values())
+
+
+def memory_bytes(compiled) -> dict:
+    """XLA's own account of a compiled program's device memory (any backend)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends have none
+        m = None
+    if m is None:
+        return {}
+    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in ("temp", "argument", "output", "alias",
+                                                                       "generated_code")}
+    out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
+    return {f"xla_{k}_bytes": v for k, v in out.items()}
 
 
 def _peak_rss() -> int:
@@ -83,7 +128,8 @@ def _device_peak() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=None) -> dict:
+def compile_case(config_path: str, case: str, batch: int, overrides=None):
+    """``(compiled, call, args, spec, compile_s, flops)`` of one case."""
     from rtpca_jax import model as model_lib
     from rtpca_jax import train_lib
     from rtpca_jax.config_lib import load_config_file
@@ -102,7 +148,9 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
         fn = jax.jit(lambda p, x: module.apply({"params": p}, x, train=False),
                      in_shardings=(train_lib.replicated(mesh), train_lib.batch_sharding(mesh)))
         t0 = time.perf_counter()
-        compiled = fn.lower(params, x).compile()
+        lower_args = (params, x)
+        lowered = fn.lower(params, x)
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
         args = (params, x)
         call = compiled
@@ -113,7 +161,9 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
         state = train_lib.create_state(module, tx, 0, mesh)
         step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
         t0 = time.perf_counter()
-        compiled = step.lower(state, x, y).compile()
+        lower_args = (state, x, y)
+        lowered = step.lower(state, x, y)
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
         holder = {"state": state}
 
@@ -124,16 +174,55 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
         args = (x, y)
     else:
         raise ValueError(f"unknown case {case!r}: inference or train_step")
-    flops = _flops(compiled)
+    flops, source = _count_flops(fn if case == "inference" else step, lowered, lower_args)
+    if not np.isfinite(flops):  # no count available: NaN rather than a wrong count
+        source = "unavailable"
+    return compiled, call, args, s, compile_s, (flops, source)
+
+
+def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=None) -> dict:
+    compiled, call, args, s, compile_s, (flops, flops_source) = compile_case(config_path, case, batch, overrides)
     jax.block_until_ready(call(*args))  # warm-up
     return _record(config_path, case, batch, s, _time(call, args, reps), flops / batch, peak, compile_s,
                    dtype=str(s.dtype or "float32"), peak_device_bytes=_device_peak(),
                    device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{len(jax.devices())}",
-                   framework=f"jax {jax.__version__}")
+                   framework=f"jax {jax.__version__}", attention=s.attention_impl, remat=s.remat,
+                   flops_source=flops_source,
+                   **memory_bytes(compiled))
+
+
+def fit_batches(config_path: str, overrides=None, chips_gib=(16, 32, 80)) -> dict:
+    """Largest training-step batch that fits a device, from XLA's memory
+    analysis of the compiled step at batch 1 and 2 (bytes = fixed + per-clip
+    x batch), for this device and for chips of ``chips_gib``; then the
+    predicted largest batch for this device is compiled and run once to
+    check it.  Accelerators only (XLA:CPU's analysis is not its peak)."""
+    m1 = memory_bytes(compile_case(config_path, "train_step", 1, overrides)[0])
+    m2 = memory_bytes(compile_case(config_path, "train_step", 2, overrides)[0])
+    per_clip = m2["xla_total_bytes"] - m1["xla_total_bytes"]
+    fixed = m1["xla_total_bytes"] - per_clip
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = int(stats.get("bytes_limit", 0))
+    out = {"config": os.path.basename(config_path), "per_clip_bytes": per_clip, "fixed_bytes": fixed,
+           "device_limit_bytes": limit, "overrides": dict(overrides or {})}
+    for g in chips_gib:
+        out[f"max_batch_{g}gib"] = int((g * 2 ** 30 * 0.95 - fixed) // per_clip)  # 5% for the runtime
+    if limit:
+        b = int((limit - fixed) // per_clip)
+        out["predicted_max_batch"] = b
+        for trial in (b, int(b * 0.9)):
+            try:
+                _, call, args, _, _, _ = compile_case(config_path, "train_step", trial, overrides)
+                jax.block_until_ready(call(*args))
+                out["verified_batch"] = trial
+                break
+            except Exception as e:  # noqa: BLE001 - out of memory
+                out[f"failed_{trial}"] = str(e).splitlines()[0][:200]
+    return out
 
 
 def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
-                     flops_per_clip: float) -> dict:
+                     flops_per_clip: float, device: str = "cpu", dtype: str = "float32") -> dict:
     """The same case with :mod:`rtpca_jax.torch_ref` (eager PyTorch, the
     official float32 network), timed the same way in a fresh process (so
     neither runtime's thread pool competes with the other's); FLOPs are the
@@ -141,7 +230,7 @@ def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: f
     import subprocess
 
     job = json.dumps(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
-                          flops_per_clip=flops_per_clip))
+                          flops_per_clip=flops_per_clip, device=device, dtype=dtype))
     proc = subprocess.run([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
                           input=job, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -154,7 +243,13 @@ def _torch_worker() -> None:
     print(json.dumps(_torch_case(**job)))
 
 
-def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float) -> dict:
+def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
+                device: str = "cpu", dtype: str = "float32") -> dict:
+    """One case with the eager PyTorch statement; on CUDA, ``dtype='bfloat16'``
+    runs it under ``torch.autocast`` (float32 parameters, bf16 matmuls: the
+    usual PyTorch mixed precision)."""
+    import contextlib
+
     import torch
 
     from rtpca_jax import torch_ref
@@ -162,41 +257,57 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
 
     cfg = load_config_file(config_path)
     torch.manual_seed(0)
-    model = torch_ref.build(cfg.model)
+    dev = torch.device(device)
+    model = torch_ref.build(cfg.model).to(dev)
     s = model.spec
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.uniform(-1, 1, (batch, s.num_frames, s.num_joints, 2)).astype(np.float32))
+    x = torch.from_numpy(rng.uniform(-1, 1, (batch, s.num_frames, s.num_joints, 2)).astype(np.float32)).to(dev)
+    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+           else contextlib.nullcontext())
+
+    def sync(out):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
     if case == "inference":
         model.eval()
 
         def call():
-            with torch.no_grad():
+            with torch.no_grad(), amp:
                 return model(x)
     else:
-        y = torch.from_numpy(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32))
+        y = torch.from_numpy(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32)).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         weights = list(cfg.train.joint_weights)
         model.train()
 
         def call():
             opt.zero_grad(set_to_none=True)
-            loss = torch_ref.official_loss(model(x), y, weights)
+            with amp:
+                loss = torch_ref.official_loss(model(x), y, weights)
             loss.backward()
             opt.step()
             return loss
 
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    matmul = lambda: a @ b  # noqa: E731
-    matmul()
-    torch_peak = 2.0 * n ** 3 / float(np.median(_time(matmul, (), 5, sync=lambda out: out)))
+    best = 0.0
+    for n in ((4096, 8192) if dev.type == "cuda" else (1024, 2048)):
+        tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        a, b = torch.randn(n, n, device=dev, dtype=tdt), torch.randn(n, n, device=dev, dtype=tdt)
+        sync(a @ b)
+        best = max(best, 2.0 * n ** 3 / float(np.min(_time(lambda: a @ b, (), 7, sync=sync))))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    call()  # warm-up (eager: nothing to compile)
+    sync(call())  # warm-up (eager: nothing to compile)
     first_s = time.perf_counter() - t0
-    return _record(config_path, case, batch, s, _time(call, (), reps, sync=lambda out: out), flops_per_clip, peak,
-                   first_s, dtype="float32", peak_device_bytes=None, device="cpu",
-                   framework=f"torch {torch.__version__} eager ({torch.get_num_threads()} threads)",
-                   torch_matmul_peak_flops_per_s=torch_peak)
+    times = _time(call, (), reps, sync=sync)
+    where = (f"cuda:{torch.cuda.get_device_name()}" if dev.type == "cuda"
+             else f"cpu ({torch.get_num_threads()} threads)")
+    return _record(config_path, case, batch, s, times, flops_per_clip, peak, first_s, dtype=dtype,
+                   peak_device_bytes=int(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else None,
+                   device=where, framework=f"torch {torch.__version__} eager",
+                   torch_matmul_peak_flops_per_s=best)
 
 
 def _row(r: dict) -> str:
@@ -214,6 +325,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
     ap.add_argument("--remat", action="store_true", help="rematerialise blocks")
+    ap.add_argument("--attention", choices=("auto", "xla", "cudnn", "einsum"), help="model.attention_impl")
+    ap.add_argument("--fit", action="store_true",
+                    help="largest training batch per chip size from XLA's memory analysis (accelerators)")
+    ap.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda when JAX runs on a GPU)")
     ap.add_argument("--json", help="write the records here")
     ap.add_argument("--torch", action="store_true",
                     help="also time each case with rtpca_jax.torch_ref (eager PyTorch statement of the official "
@@ -226,10 +341,25 @@ def main(argv=None) -> int:
         overrides["dtype"] = a.dtype
     if a.remat:
         overrides["remat"] = True
-    peak = matmul_peak()
+    if a.attention:
+        overrides["attention_impl"] = a.attention
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
           f"devices {jax.devices()}")
-    print(f"float32 matmul peak on this device: {peak / 1e9:,.1f} GFLOP/s")
+    if a.fit:
+        fits = [fit_batches(c, overrides) for c in configs]
+        for f in fits:
+            print(json.dumps(f))
+        if a.json:
+            from rtpca_jax import storage
+
+            storage.write_json(a.json, fits)
+        return 0
+    peak_dtype = a.dtype or "float32"
+    peak = matmul_peak(dtype=peak_dtype)
+    spread = ", ".join(f"{n}: {v / 1e9:,.1f}" for n, v in LAST_PEAK["per_size"].items())
+    print(f"{peak_dtype} matmul peak on this device (best of 7 at each size): {peak / 1e9:,.1f} GFLOP/s "
+          f"(per size {spread})")
+    torch_device = a.torch_device or ("cuda" if jax.devices()[0].platform == "gpu" else "cpu")
     head = (f"{'config':<20} {'impl':<5} {'case':<10} {'batch':>5} {'F':>4} {'median s':>9} {'clips/s':>9} {'frames/s':>10} "
             f"{'GFLOP/clip':>10} {'GFLOP/s':>8} {'of peak':>7} {'compile s':>9} {'RSS GB':>7}")
     print(head)
@@ -244,15 +374,16 @@ def main(argv=None) -> int:
                 records.append(r)
                 print(_row(r), flush=True)
                 if a.torch:
-                    t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"])
+                    t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], device=torch_device,
+                                         dtype=peak_dtype)
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
                     records.append(t)
                     print(_row(t) + f"   JAX/PyTorch speed {t['jax_speedup']:.2f}x (PyTorch's own matmul: "
                           f"{t['torch_matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s)", flush=True)
     if a.json:
-        with open(a.json + ".tmp", "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(a.json + ".tmp", a.json)
+        from rtpca_jax import storage
+
+        storage.write_json(a.json, records)
     return 0
 
 

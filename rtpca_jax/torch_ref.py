@@ -182,7 +182,7 @@ def official_loss(pred, target, joint_weights):
     """The official training objective (see ``rtpca_jax.losses.total_loss``)."""
     target = target.clone()
     target[:, :, 0] = 0.0
-    w = torch.as_tensor(joint_weights, dtype=pred.dtype)
+    w = torch.as_tensor(joint_weights, dtype=pred.dtype, device=pred.device)
     mpjpe = (w * torch.linalg.norm(pred - target, dim=-1)).mean()
     d = pred[:, 1:] - pred[:, :-1]
     temporal = (w[:, None] * d.square()).mean()

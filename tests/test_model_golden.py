@@ -41,7 +41,9 @@ def test_golden_float32(golden_dir, name):
     cfg = convert.infer_config(sd)
     m = model.build(cfg)
     params = convert.from_torch(sd, cfg)
-    out = np.asarray(jax.jit(lambda p, x: m.apply({"params": p}, x))(params, io["input"]))
+    # float32 matmuls in float32 on every backend (GPUs default to TF32 inputs)
+    with jax.default_matmul_precision("highest"):
+        out = np.asarray(jax.jit(lambda p, x: m.apply({"params": p}, x))(params, io["input"]))
     assert out.dtype == np.float32
     assert np.abs(out - io["output"]).max() <= 1e-5
 
