@@ -41,6 +41,7 @@ from typing import Optional
 
 import numpy as np
 
+from rtpca_jax import storage
 from rtpca_jax.data import camera as cam_lib
 from rtpca_jax.data.pipeline import clip_starts
 from rtpca_jax.data.skeleton import COCO17, H36M17
@@ -197,12 +198,12 @@ def read_keypoints(path: str, width: Optional[int] = None, height: Optional[int]
                    video: Optional[str] = None) -> tuple[np.ndarray, int, int]:
     """H36M-17 keypoints ``[T, 17, 3]`` in pixels (score last, NaN = missing) and
     the image size, from any supported file."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ValueError(f"{path}: keypoint file not found")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".json":
         try:
-            data = json.load(open(path))
+            data = json.loads(storage.read_text(path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(data, list) or not data:
@@ -233,7 +234,8 @@ def read_keypoints(path: str, width: Optional[int] = None, height: Optional[int]
             arr = np.concatenate([arr, np.ones(arr.shape[:-1] + (1,))], -1)
         kp = coco_to_h36m(arr) if layout.startswith("coco") else arr
     elif ext == ".npy":
-        arr = np.load(path, allow_pickle=False).astype(np.float64)
+        with storage.open_binary(path) as fh:
+            arr = np.load(fh, allow_pickle=False).astype(np.float64)
         if arr.ndim != 3 or arr.shape[1] != 17 or arr.shape[2] not in (2, 3):
             raise ValueError(f"{path}: expected [T, 17, 2|3] H36M-ordered pixels, got {arr.shape}")
         if arr.shape[2] == 2:
@@ -253,33 +255,11 @@ def read_keypoints(path: str, width: Optional[int] = None, height: Optional[int]
 
 
 def load_checkpoint(path: str, model_config=None):
-    """``(module, params)`` from an Orbax training work directory, a ``convert
-    to-jax`` output, or an official PyTorch ``.bin`` (config inferred from the
-    weights unless ``model_config`` is given)."""
-    import jax
-    import ml_collections
+    """``(module, params)`` of any checkpoint path (see
+    :func:`rtpca_jax.convert.load_model`)."""
+    from rtpca_jax.convert import load_model
 
-    from rtpca_jax import checkpoints, convert, model
-
-    path = os.fspath(path)
-    if os.path.isfile(path) and path.endswith((".bin", ".pth", ".pt")):
-        sd = convert.load_torch_checkpoint(path)
-        cfg = model_config if model_config is not None else convert.infer_config(sd)
-        return model.build(cfg), convert.from_torch(sd, cfg)
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: checkpoint not found (an Orbax directory or an official .bin)")
-    if os.path.exists(os.path.join(path, "model_config.json")):
-        cfg = ml_collections.ConfigDict(json.load(open(os.path.join(path, "model_config.json"))))
-    elif os.path.exists(os.path.join(path, "config.json")):
-        cfg = ml_collections.ConfigDict(json.load(open(os.path.join(path, "config.json")))["model"])
-    elif model_config is not None:
-        cfg = model_config
-    else:
-        raise ValueError(f"{path}: no model_config.json or config.json beside the checkpoint; pass a config")
-    module = model.build(cfg)
-    abstract = jax.eval_shape(lambda: model.init_params(module, jax.random.PRNGKey(0)))
-    ck = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    return module, checkpoints.load_params(ck, abstract)
+    return load_model(path, model_config)
 
 
 def window_starts(length: int, frames: int, stride: int) -> np.ndarray:
@@ -312,9 +292,40 @@ def predict_any_length(module, params, pose2d: np.ndarray, *, stride: Optional[i
     return (acc / wsum[:, None, None]).astype(np.float32)
 
 
+OUTPUT_SUFFIXES = (".npz", ".json", ".bvh")
+
+
+def save_result(result: dict, out: str) -> None:
+    """``.npz`` (compressed arrays) or ``.json`` (lists), written atomically."""
+    import io
+
+    if out.lower().endswith(".bvh"):
+        raise ValueError("BVH output goes through rtpca_jax.bvh_export.write_bvh")
+    if out.endswith(".json"):
+        storage.write_text(out, json.dumps({k: np.asarray(v).tolist() for k, v in result.items()}))
+    else:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **result)
+        storage.write_bytes(out, buf.getvalue())
+
+
+def check_output_name(out: str, render: Optional[str] = None) -> None:
+    """Refuse, before any work, output names whose format is unknown."""
+    if not out.lower().endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"--out {out}: unknown output format; use a name ending in .npz, .json or .bvh")
+    if render and not render.lower().endswith((".gif", ".mp4")):
+        raise ValueError(f"--render {render}: unknown animation format; use a name ending in .gif or .mp4")
+
+
 def run(checkpoint: str, keypoints: str, out: str, *, render: Optional[str] = None, width=None, height=None,
         video=None, stride=None, flip=True, threshold=CONF_THRESHOLD, fps: float = 30.0, render_every: int = 1,
-        render_size: tuple[int, int] = (640, 320)) -> dict:
+        render_size: tuple[int, int] = (640, 320), trajectory: Optional[str] = None) -> dict:
+    check_output_name(out, render)
+    for what, p in (("checkpoint", checkpoint), ("keypoints", keypoints), ("output", out)):
+        storage.check_reachable(p, what=what)
+    for name, v in (("width", width), ("height", height)):
+        if v is not None and v <= 0:
+            raise ValueError(f"--{name} {v}: the image size must be a positive number of pixels")
     kp, w, h = read_keypoints(keypoints, width, height, video)
     xy, filled = fill_missing(kp, threshold)
     module, params = load_checkpoint(checkpoint)
@@ -327,15 +338,16 @@ def run(checkpoint: str, keypoints: str, out: str, *, render: Optional[str] = No
         "filled": filled, "joint_names": np.array(H36M17.joints), "skeleton_edges": np.array(H36M17.edges),
         "image_size": np.array([w, h]),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    if out.endswith(".json"):
-        with open(tmp, "w") as fh:
-            json.dump({k: v.tolist() for k, v in result.items()}, fh)
+    if out.lower().endswith(".bvh"):
+        from rtpca_jax.bvh_export import write_bvh
+
+        traj = None
+        if trajectory is not None:
+            with storage.open_binary(trajectory) as fh:
+                traj = np.load(fh, allow_pickle=False)
+        result["bvh_report"] = write_bvh(out, poses, fps, frame="camera", trajectory=traj)
     else:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **result)
-    os.replace(tmp, out)
+        save_result(result, out)
     if render:
         from rtpca_jax import viz
 
@@ -348,7 +360,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.inference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="Orbax directory or official .bin")
     ap.add_argument("--keypoints", required=True, help=".json (COCO-17 / Halpe-26), .npz (VideoPose3D custom), .npy")
-    ap.add_argument("--out", required=True, help="poses3d.npz or .json")
+    ap.add_argument("--out", required=True, help="poses3d.npz, .json, or .bvh (an animation: Blender, game engines)")
     ap.add_argument("--render", help="out.gif or out.mp4: 2D input beside the 3D skeleton")
     ap.add_argument("--width", type=int)
     ap.add_argument("--height", type=int)
@@ -356,7 +368,10 @@ def main(argv=None) -> int:
     ap.add_argument("--stride", type=int, help="window stride (default F // 2)")
     ap.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
     ap.add_argument("--threshold", type=float, default=CONF_THRESHOLD, help="keypoint confidence threshold")
-    ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the rendering")
+    ap.add_argument("--fps", type=float, default=30.0,
+                    help="frame rate of the keypoints (the rendering's and a .bvh output's frame rate)")
+    ap.add_argument("--trajectory", help=".npy [T, 3] root positions (camera frame, metres) for a .bvh output; "
+                                         "default: the root stays at the origin")
     ap.add_argument("--render-every", type=int, default=1, help="render every n-th frame")
     ap.add_argument("--render-size", default="640x320", help="WxH of the rendering in pixels")
     a = ap.parse_args(argv)
@@ -369,8 +384,8 @@ def main(argv=None) -> int:
     try:
         r = run(a.checkpoint, a.keypoints, a.out, render=a.render, width=a.width, height=a.height, video=a.video,
                 stride=a.stride, flip=not a.no_flip, threshold=a.threshold, fps=a.fps, render_every=a.render_every,
-                render_size=size)
-    except (ValueError, ImportError) as e:
+                render_size=size, trajectory=a.trajectory)
+    except (ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {a.out}: {len(r['poses3d'])} frames, {int(r['filled'].sum())} joints filled by interpolation"
