@@ -59,7 +59,10 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.train.w_velocity = 2.0
     c.train.checkpoint_every_epochs = 1
     c.train.keep_checkpoints = 3
-    c.train.log_every_steps = 50
+    c.train.log_every_steps = 50  # TensorBoard scalars and train_log.jsonl flushes every n steps
+    # "first:last" (global steps, 1-based, inclusive): write a jax.profiler trace of those
+    # steps to <workdir>/profile (TensorBoard's profile plugin or Perfetto); "" = off
+    c.train.profile_steps = ""
     c.train.max_steps_per_epoch = ml_collections.FieldReference(None, field_type=int)
     c.train.report_baselines = False  # print P1/P2 beside closed-form baselines at the end
 

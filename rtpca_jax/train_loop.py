@@ -249,6 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         from rtpca_jax.tb_writer import EventWriter
 
         writer = EventWriter(storage.join(workdir, "tb"))
+    from rtpca_jax.tb_writer import Profile
+
+    profile = Profile(cfg.train.get("profile_steps", "") if is_main else "", workdir)
 
     def evaluate(params) -> dict:
         preds = train_lib.predict_sequences(predict, params, test_seqs, frames, cfg.eval.batch_size, mesh,
@@ -269,8 +272,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             it = train_lib.device_prefetch(ds, mesh, size=2)
             for epoch_step in range(first, steps_per_epoch):
                 p2, p3 = next(it)
+                profile.before_step(global_step + 1)
                 state, m = train_step(state, p2, p3)
                 global_step += 1
+                profile.after_step(global_step, m)
                 if pending is not None:
                     _consume(pending, step_log, epoch_losses, writer, bar, t0, log_every)
                 pending = (global_step, epoch, m, float(schedule(global_step - 1)), cfg.train.batch_size,
@@ -317,6 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.flush()
                 plot_curves(history, step_log.records(),
                             storage.join(workdir, "training_curve.png"))
+    profile.stop()
     ckpts.close()
     step_log.close()
     if writer is not None:

@@ -89,8 +89,11 @@ def test_train_resume_eval_convert_infer_in_the_bucket(gcs, tmp_path):
     # the bucket: TFDS source from the bucket, stopped after epoch 1, resumed to epoch 2
     remote = f"{BUCKET}/run"
     _, timings["train_epoch1"] = _run([str(REPO / "train.py"), f"--workdir={remote}", *TINY, *TFDS,
-                                       "--config.train.num_epochs=1"], cwd, env)
+                                       "--config.train.num_epochs=1", "--config.train.profile_steps=2:3"], cwd, env)
     assert storage.isdir(f"{remote}/checkpoints/6")
+    runs = storage.listdir(f"{remote}/profile/plugins/profile")  # the trace, uploaded
+    assert len(runs) == 1 and any(n.endswith(".xplane.pb")
+                                  for n in storage.listdir(f"{remote}/profile/plugins/profile/{runs[0]}"))
     out, timings["train_resume"] = _run([str(REPO / "train.py"), f"--workdir={remote}", *TINY, *TFDS,
                                          "--config.train.num_epochs=2"], cwd, env)
     assert "resumed from step 6" in out, out[-3000:]

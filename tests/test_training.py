@@ -196,3 +196,14 @@ def test_device_prefetch_keeps_order_and_places_batches_on_the_mesh():
     assert isinstance(a, jax.Array) and a.sharding.mesh.shape == mesh.shape
     rest = [(float(x[0, 0]), float(y[0])) for x, y in it]
     assert (float(a[0, 0]), float(b[0])) == (0.0, 0.0) and rest == [(i, -i) for i in range(1, 5)]
+
+
+def test_profile_steps_are_validated(tmp_path):
+    from rtpca_jax.tb_writer import Profile
+
+    assert Profile("", str(tmp_path)).first is None
+    assert (Profile("3:7", str(tmp_path)).first, Profile("3:7", str(tmp_path)).last) == (3, 7)
+    for bad in ("7:3", "0:2", "5", "a:b"):
+        with pytest.raises(ValueError, match="profile_steps"):
+            Profile(bad, str(tmp_path))
+
