@@ -27,7 +27,7 @@ with tempfile.TemporaryDirectory() as d:
                     "--width", "1000", "--height", "1000", "--out", f"{d}/jump.bvh", "--fps", "30"], check=True)
     joints, fps = bvh_export.read_h36m(f"{d}/jump.bvh", frame="y_up")
 frames = np.linspace(60, 230, 6).astype(int)
-fig = plt.figure(figsize=(12, 2.8))
+fig = plt.figure(figsize=(12, 3.6))
 for k, t in enumerate(frames):
     ax = fig.add_subplot(1, len(frames), k + 1, projection="3d")
     j = joints[t]
@@ -35,7 +35,8 @@ for k, t in enumerate(frames):
         left = a in H36M17.left or b in H36M17.left
         ax.plot(*[[j[a, i], j[b, i]] for i in (0, 2, 1)], color="tab:red" if left else "tab:blue", lw=2)
     ax.scatter(j[:, 0], j[:, 2], j[:, 1], s=6, color="k")
-    ax.set_xlim(-0.8, 0.8), ax.set_ylim(-0.8, 0.8), ax.set_zlim(-1.0, 1.0)
+    ax.set_xlim(-0.55, 0.55), ax.set_ylim(-0.55, 0.55), ax.set_zlim(-0.95, 0.8)
+    ax.set_box_aspect((1.1, 1.1, 1.75))
     ax.view_init(elev=10, azim=-60)
     ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
     ax.set_title(f"frame {t} ({t / fps:.1f} s)", fontsize=8)
