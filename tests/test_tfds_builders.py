@@ -39,7 +39,33 @@ def test_humaneva_and_3dhp_builders(tmp_path):
     assert sorted(int(e["valid"].sum()) for e in test) == [40, 40]
 
 
-def test_cmu_mocap_builder(tmp_path):
+def test_cmu_mocap_builder_examples_equal_the_file_source(tmp_path):
+    from rtpca_jax.data import sources
+    from rtpca_jax.data.tfds_source import load_tfds
+
     b = _build(tb.CmuMocap, tmp_path)
     assert b.info.splits["train"].num_examples == 33 * 4
     assert b.info.splits["test"].num_examples == 6 * 4
+    for split in ("train", "test"):
+        got = load_tfds("cmu_mocap", str(tmp_path / "tfds"), split)
+        want = sources.load("cmu", None, subjects=split)
+        assert [s.key for s in got] == [s.key for s in want]  # same sequences, same order
+        for g, w in zip(got, want):
+            for field in ("pose2d", "pose3d", "trajectory", "intrinsics"):
+                np.testing.assert_array_equal(getattr(g, field), getattr(w, field), err_msg=f"{g.key} {field}")
+            assert (g.fps, g.layout, g.image_size, g.valid) == (w.fps, w.layout, w.image_size, w.valid)
+
+
+def test_tfds_source_refuses_damaged_shards(tmp_path):
+    from rtpca_jax.data.tfds_source import load_tfds
+
+    b = _build(tb.CmuMocap, tmp_path)
+    shard = sorted(p for p in (tmp_path / "tfds" / "cmu_mocap" / str(b.info.version)).iterdir()
+                   if "test.tfrecord" in p.name)[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="CRC mismatch|corrupt record"):
+        load_tfds("cmu_mocap", str(tmp_path / "tfds"), "test")
+    with pytest.raises(ValueError, match="not found"):
+        load_tfds("h36m/gt", str(tmp_path / "tfds"), "test")
