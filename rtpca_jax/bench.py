@@ -310,6 +310,46 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
                    torch_matmul_peak_flops_per_s=best)
 
 
+def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10) -> dict:
+    """Clips/s of the tf.data pipeline on the shipped data beside the clips/s a
+    config's training step consumes (``--pipeline``)."""
+    from rtpca_jax import model as model_lib
+    from rtpca_jax import train_lib
+    from rtpca_jax.config_lib import load_config_file
+    from rtpca_jax.data import sources
+    from rtpca_jax.data.pipeline import ClipDataset
+
+    cfg = load_config_file(config_path)
+    frames, batch = cfg.model.num_frames, cfg.train.batch_size
+    seqs = sources.load("cmu", None, subjects="train", downsample=cfg.data.get("downsample", 1))
+    ds = ClipDataset(seqs, frames, batch, process_index=0, process_count=1, stride=cfg.data.get("clip_stride"))
+    it = iter(ds.epoch(0).repeat())
+    next(it)
+    n = 0
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        p2, _ = next(it)
+        n += int(p2.shape[0])
+    pipe = n / (time.perf_counter() - t0)
+    module = model_lib.build(cfg.model)
+    mesh = train_lib.make_mesh()
+    tx = train_lib.make_optimizer(cfg.train, 100)
+    state = train_lib.create_state(module, tx, 0, mesh)
+    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
+    p2, p3 = (train_lib.global_batch(a.numpy(), mesh) for a in next(it))
+    state, m = step(state, p2, p3)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = step(state, p2, p3)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    consume = batch / float(np.median(times))
+    return {"config": os.path.basename(config_path), "frames": frames, "batch": batch, "clips_per_epoch": ds.num_clips,
+            "pipeline_clips_per_s": pipe, "train_step_clips_per_s": consume, "ratio": pipe / consume}
+
+
 def _row(r: dict) -> str:
     return (f"{r['config']:<20} {r['framework'].split()[0]:<5} {r['case']:<10} {r['batch']:>5} {r['frames']:>4} "
             f"{r['median_s']:>9.4f} {r['clips_per_s']:>9.2f} {r['frames_per_s']:>10.0f} "
@@ -328,6 +368,8 @@ def main(argv=None) -> int:
     ap.add_argument("--attention", choices=("auto", "xla", "cudnn", "einsum"), help="model.attention_impl")
     ap.add_argument("--fit", action="store_true",
                     help="largest training batch per chip size from XLA's memory analysis (accelerators)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="tf.data clips/s on the shipped data beside what each config's training step consumes")
     ap.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda when JAX runs on a GPU)")
     ap.add_argument("--json", help="write the records here")
     ap.add_argument("--torch", action="store_true",
@@ -345,6 +387,14 @@ def main(argv=None) -> int:
         overrides["attention_impl"] = a.attention
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
           f"devices {jax.devices()}")
+    if a.pipeline:
+        for c in a.config or [os.path.join(REPO_CONFIGS, "default.py")]:
+            r = pipeline_throughput(c)
+            print(f"config {r['config']}: F={r['frames']}, batch {r['batch']}, {r['clips_per_epoch']} clips/epoch")
+            print(f"  pipeline      {r['pipeline_clips_per_s']:>10,.0f} clips/s")
+            print(f"  training step {r['train_step_clips_per_s']:>10,.1f} clips/s (median of 10)")
+            print(f"  pipeline / consumption = {r['ratio']:,.0f}x")
+        return 0
     if a.fit:
         fits = [fit_batches(c, overrides) for c in configs]
         for f in fits:

@@ -22,9 +22,6 @@ Evaluation
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import sys
 from typing import Optional, Sequence as Seq
 
 import numpy as np
@@ -54,12 +51,6 @@ def clip_starts(length: int, frames: int, stride: Optional[int] = None) -> np.nd
     if starts[-1] != length - frames:
         starts.append(length - frames)
     return np.asarray(starts, np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class Position:
-    epoch: int
-    step: int
 
 
 class ClipDataset:
@@ -208,63 +199,3 @@ def stitch(pred: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:
         out[idx[take]] = clip[take]
         filled[idx[take]] = True
     return out
-
-
-def benchmark(argv=None) -> int:
-    """Clips/s of the pipeline on the shipped data beside the clips/s a model's
-    training step consumes: ``python -m rtpca_jax.data.pipeline [--config ...]``."""
-    import argparse
-    import time
-
-    from rtpca_jax.config_lib import load_config_file
-    from rtpca_jax.data import sources
-
-    ap = argparse.ArgumentParser(description="tf.data pipeline throughput vs. model consumption")
-    ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "..", "configs", "default.py"),
-                    help="config whose model and batch size set the consumption")
-    ap.add_argument("--batches", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps")
-    args = ap.parse_args(argv)
-    cfg = load_config_file(args.config)
-    frames, batch = cfg.model.num_frames, cfg.train.batch_size
-    seqs = sources.load("cmu", None, subjects="train", downsample=cfg.data.get("downsample", 1))
-    ds = ClipDataset(seqs, frames, batch, process_index=0, process_count=1, stride=cfg.data.get("clip_stride"))
-    it = iter(ds.epoch(0).repeat())
-    next(it)
-    n = 0
-    t0 = time.perf_counter()
-    for _ in range(args.batches):
-        p2, _ = next(it)
-        n += int(p2.shape[0])
-    pipe = n / (time.perf_counter() - t0)
-
-    import jax
-
-    from rtpca_jax import model as model_lib
-    from rtpca_jax import train_lib
-
-    module = model_lib.build(cfg.model)
-    mesh = train_lib.make_mesh()
-    tx = train_lib.make_optimizer(cfg.train, 100)
-    state = train_lib.create_state(module, tx, 0, mesh)
-    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
-    p2, p3 = (train_lib.global_batch(a.numpy(), mesh) for a in next(it))
-    state, m = step(state, p2, p3)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        state, m = step(state, p2, p3)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    consume = batch / float(np.median(times))
-    print(f"config {os.path.basename(args.config)}: F={frames}, batch {batch}, {ds.num_clips} clips/epoch, "
-          f"{os.cpu_count()} CPUs, {jax.devices()[0].platform}")
-    print(f"  pipeline      {pipe:>10,.0f} clips/s")
-    print(f"  training step {consume:>10,.1f} clips/s (median of {args.steps})")
-    print(f"  pipeline / consumption = {pipe / consume:,.0f}x")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(benchmark())
