@@ -489,9 +489,11 @@ def main(argv=None) -> int:
     tt.add_argument("--config", help="config file (default: model_config.json of the directory)")
     tt.add_argument("--no-prefix", action="store_true", help="keys without the 'module.' prefix")
     args = ap.parse_args(argv)
-    from rtpca_jax import checkpoints
+    from rtpca_jax import checkpoints, storage
 
     try:
+        storage.check_reachable(args.checkpoint if args.cmd == "to-jax" else args.directory, what="input")
+        storage.check_reachable(args.out, what="output")
         if args.cmd == "to-jax":
             sd = load_torch_checkpoint(args.checkpoint)
             if args.config:
@@ -518,7 +520,7 @@ def main(argv=None) -> int:
             sd = to_torch(jax_tree_to_numpy(params), module.spec)
             save_torch_checkpoint(sd, args.out, prefix="" if args.no_prefix else "module.")
             print(f"wrote {args.out} ({len(sd)} tensors, official layout)")
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

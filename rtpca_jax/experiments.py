@@ -370,6 +370,9 @@ def main(argv=None) -> int:
         old = cfg[section][field]
         cfg[section][field] = type(old)(parsed) if old is not None and not isinstance(old, tuple) else parsed
     try:
+        storage.check_reachable(a.workdir, what="work directory")
+        if getattr(a, "checkpoint", None):
+            storage.check_reachable(a.checkpoint, what="checkpoint")
         if a.cmd == "ablation":
             from tqdm import tqdm
 
