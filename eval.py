@@ -35,18 +35,9 @@ def load_model_params(cfg, path: str):
     return load_model(path, model_config=cfg.model if path.endswith(TORCH_SUFFIXES) else None)
 
 
-def format_table(results: dict) -> str:
-    lines = [f"{'action':<18} {'P1 (mm)':>9} {'P2 (mm)':>9} {'MPJVE (mm)':>11}"]
-    for a, r in results["per_action"].items():
-        lines.append(f"{a:<18} {r['mpjpe_mm']:>9.1f} {r['p_mpjpe_mm']:>9.1f} {r['mpjve_mm']:>11.2f}")
-    lines.append(f"{'average':<18} {results['mpjpe_mm']:>9.1f} {results['p_mpjpe_mm']:>9.1f} "
-                 f"{results['mpjve_mm']:>11.2f}")
-    return "\n".join(lines)
-
-
 def main(argv):
     del argv
-    from rtpca_jax import storage, train_lib
+    from rtpca_jax import evaluation, storage, train_lib
     from rtpca_jax.distributed import maybe_initialize
     from rtpca_jax.train_loop import data_location, load_split
 
@@ -69,21 +60,10 @@ def main(argv):
     preds = train_lib.predict_sequences(predict, params, test, module.spec.num_frames, cfg.eval.batch_size, mesh,
                                         flip_tta=cfg.eval.flip_tta)
     results = train_lib.score_sequences(test, preds)
-    print(format_table(results))
+    print(evaluation.format_table(results))
     out_dir = FLAGS.output or (FLAGS.checkpoint if storage.isdir(FLAGS.checkpoint)
                                else storage.dirname(FLAGS.checkpoint))
-    storage.makedirs(out_dir)
-    path = storage.join(out_dir, "results.json")
-    storage.write_json(path, results)
-    from rtpca_jax import viz
-    from rtpca_jax.data.skeleton import get_layout
-
-    pa = results["per_action"]
-    viz.bar_chart({a: r["mpjpe_mm"] for a, r in pa.items()}, storage.join(out_dir, "per_action_errors.png"),
-                  "error (mm)", "per-action error", secondary={a: r["p_mpjpe_mm"] for a, r in pa.items()})
-    names = get_layout(test[0].layout).joints
-    viz.bar_chart(dict(zip(names, results["per_joint_mm"])), storage.join(out_dir, "per_joint_errors.png"),
-                  "MPJPE (mm)", "per-joint error")
+    path = evaluation.write_results(results, out_dir, test[0].layout)
     print(f"wrote {path}, per_action_errors.png, per_joint_errors.png")
     return 0
 

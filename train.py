@@ -74,11 +74,16 @@ def main(argv):
     if result["status"] == "preempted":
         print("preempted: checkpoint saved; run the same command again to continue")
         return 0
+    if jax.process_index() == 0 and result["final"]:
+        # the same report as eval.py on the final model, in the work directory
+        from rtpca_jax import evaluation
+
+        evaluation.write_results(result["final"], FLAGS.workdir, result["test"][0].layout)
     if jax.process_index() == 0 and cfg.train.get("report_baselines", False) and result["final"]:
         table = baseline_report(result, FLAGS.workdir)
         print(f"\nheld-out clips ({len(result['test'])} sequences), flip test-time augmentation:\n{table}")
         storage.write_text(storage.join(FLAGS.workdir, "report.md"), table + "\n")
-    print(f"work directory: {storage.normalize(FLAGS.workdir)} (training_curve.png, history.json, tb/)")
+    print(f"work directory: {storage.normalize(FLAGS.workdir)} (results.json, training_curve.png, history.json, tb/)")
     return 0
 
 

@@ -88,6 +88,12 @@ def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_run(tmp_path):
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     res = json.load(open(tmp_path / "ev" / "results.json"))
     assert abs(res["mpjpe_mm"] - hist[-1]["val_mpjpe_mm"]) < 1e-3
+    # train.py wrote the same report on its final model
+    trained = json.load(open(run / "results.json"))
+    assert set(trained["per_action"]) == set(res["per_action"])
+    for action, r in res["per_action"].items():
+        assert abs(trained["per_action"][action]["mpjpe_mm"] - r["mpjpe_mm"]) < 1e-3, action
+    assert (run / "per_joint_errors.png").stat().st_size > 1000
     assert set(res["per_action"]) == {"basketball", "jumping", "running", "soccer", "walking", "washwindow"}
 
 
