@@ -11,11 +11,22 @@ from rtpca_jax import storage
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'action':<18} {'P1 (mm)':>9} {'P2 (mm)':>9} {'MPJVE (mm)':>11}"]
+    """The per-action table; MPI-INF-3DHP results add PCK and AUC columns and
+    a row over all valid frames pooled."""
+    pck = "pck_150mm" in results
+    head = f"{'action':<18} {'P1 (mm)':>9} {'P2 (mm)':>9} {'MPJVE (mm)':>11}"
+    lines = [head + (f" {'PCK (%)':>8} {'AUC (%)':>8}" if pck else "")]
+
+    def row(name, r):
+        line = f"{name:<18} {r['mpjpe_mm']:>9.1f} {r['p_mpjpe_mm']:>9.1f} {r['mpjve_mm']:>11.2f}"
+        return line + (f" {r['pck_150mm']:>8.1f} {r['auc']:>8.1f}" if pck else "")
+
     for a, r in results["per_action"].items():
-        lines.append(f"{a:<18} {r['mpjpe_mm']:>9.1f} {r['p_mpjpe_mm']:>9.1f} {r['mpjve_mm']:>11.2f}")
-    lines.append(f"{'average':<18} {results['mpjpe_mm']:>9.1f} {results['p_mpjpe_mm']:>9.1f} "
-                 f"{results['mpjve_mm']:>11.2f}")
+        lines.append(row(a, r))
+    lines.append(row("average", results))
+    if pck:
+        lines.append(f"{'all frames':<18} {results['pooled_mpjpe_mm']:>9.1f} {'':>9} {'':>11} "
+                     f"{results['pooled_pck_150mm']:>8.1f} {results['pooled_auc']:>8.1f}")
     return "\n".join(lines)
 
 

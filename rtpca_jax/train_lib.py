@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rtpca_jax import losses, metrics
 from rtpca_jax.data.pipeline import eval_clips, stitch
-from rtpca_jax.data.skeleton import get_layout
+from rtpca_jax.data.skeleton import MPI3DHP17, get_layout
 from rtpca_jax.data.sources.records import Sequence
 
 
@@ -221,9 +221,14 @@ def score_sequences(sequences: Seq[Sequence], predictions: Seq[np.ndarray]) -> d
     """P1, P2 and MPJVE in mm per sequence, averaged per action then over actions.
 
     Frames flagged invalid (MPI-INF-3DHP) are left out.  The ground truth's root
-    is zero; predictions are scored as they come (the official evaluation)."""
+    is zero; predictions are scored as they come (the official evaluation).
+    MPI-INF-3DHP sequences also get its standard metrics: PCK at 150 mm and AUC
+    (PCK averaged over 0, 5, ..., 150 mm), in %, over all 17 joints and over the
+    customary 14 (``pck14_*``, ``auc14``); besides the per-sequence averages the
+    result then holds ``pooled_*`` values over all valid test frames together."""
     rows = []
     joint_sum, joint_n = 0.0, 0
+    pooled_pred, pooled_gt = [], []
     for s, pred in zip(sequences, predictions):
         gt = s.pose3d.astype(np.float64)
         pred = pred.astype(np.float64)
@@ -233,12 +238,26 @@ def score_sequences(sequences: Seq[Sequence], predictions: Seq[np.ndarray]) -> d
             "p_mpjpe_mm": metrics.p_mpjpe(pred[v], gt[v]) * 1000.0,
             "mpjve_mm": metrics.mpjve(pred, gt) * 1000.0 if len(gt) > 1 else 0.0,
         }
+        if s.layout == MPI3DHP17.name:
+            vals.update(_pck_auc(pred[v] * 1000.0, gt[v] * 1000.0))
+            pooled_pred.append(pred[v])
+            pooled_gt.append(gt[v])
         rows.append((s.action, vals, int(v.sum())))
         joint_sum = joint_sum + np.linalg.norm(pred[v] - gt[v], axis=-1).sum(axis=0)
         joint_n += int(v.sum())
     overall, per_action = metrics.aggregate_by_action(rows)
+    if pooled_pred:
+        p, g = np.concatenate(pooled_pred), np.concatenate(pooled_gt)
+        overall["pooled_mpjpe_mm"] = metrics.mpjpe(p, g) * 1000.0
+        overall.update({f"pooled_{k}": v for k, v in _pck_auc(p * 1000.0, g * 1000.0).items()})
     per_joint = (np.asarray(joint_sum) / max(joint_n, 1) * 1000.0).tolist()
     return {**overall, "per_action": per_action, "per_joint_mm": per_joint}
+
+
+def _pck_auc(pred_mm: np.ndarray, gt_mm: np.ndarray) -> dict:
+    return {"pck_150mm": metrics.pck(pred_mm, gt_mm), "auc": metrics.auc(pred_mm, gt_mm),
+            "pck14_150mm": metrics.pck(pred_mm, gt_mm, joints=metrics.MPI3DHP_PCK14),
+            "auc14": metrics.auc(pred_mm, gt_mm, joints=metrics.MPI3DHP_PCK14)}
 
 
 # ----------------------------------------------------------------------------

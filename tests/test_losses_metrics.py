@@ -88,3 +88,34 @@ def test_losses_hand_computed():
     assert float(parts["temporal"]) == pytest.approx(w.mean() / 3, rel=1e-6)
     assert float(parts["velocity"]) == pytest.approx(1.0, rel=1e-6)
     assert float(loss) == pytest.approx(w.mean() / 3 + 0.5 * w.mean() / 3 + 2.0, rel=1e-6)
+
+
+def test_3dhp_scores_report_pck_and_auc_on_valid_frames(tmp_path):
+    """A constant 42 mm error on every joint: PCK@150 = 100 %, AUC = 22/31
+    (thresholds 45..150 of 0..150 step 5 exceed 42); a frame flagged invalid
+    with a 1 m error changes nothing; H36M-layout sequences get no PCK."""
+    import data_fixtures as fx
+
+    from rtpca_jax import evaluation, train_lib
+    from rtpca_jax.data import sources
+
+    fx.make_3dhp(tmp_path)
+    test = sources.load("mpi_inf_3dhp", str(tmp_path), subjects=["TS1", "TS2"])
+    offset = np.array([0.042, 0.0, 0.0])
+    preds = []
+    for s in test:
+        p = s.pose3d.astype(np.float64) + offset
+        bad = np.flatnonzero(~s.valid)
+        assert len(bad)  # the fixture flags some frames invalid
+        p[bad] += 1.0
+        preds.append(p)
+    r = train_lib.score_sequences(test, preds)
+    for key in ("pck_150mm", "pck14_150mm", "pooled_pck_150mm"):
+        assert r[key] == pytest.approx(100.0)
+    for key in ("auc", "auc14", "pooled_auc"):
+        assert r[key] == pytest.approx(22 / 31 * 100)
+    assert r["pooled_mpjpe_mm"] == pytest.approx(42.0)
+    assert "PCK (%)" in evaluation.format_table(r) and "all frames" in evaluation.format_table(r)
+    h36m = sources.load("cmu", None, subjects=["walking_test_1"])[:1]
+    r2 = train_lib.score_sequences(h36m, [s.pose3d + offset for s in h36m])
+    assert "pck_150mm" not in r2 and r2["mpjpe_mm"] == pytest.approx(42.0, rel=1e-5)
