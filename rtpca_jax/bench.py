@@ -21,6 +21,7 @@ import platform
 import resource
 import sys
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,14 +84,11 @@ def _record(config_path: str, case: str, batch: int, spec, times: list[float], f
     }
 
 
-LAST_PEAK: dict = {}
-
-
-def matmul_peak(sizes=None, reps: int = 7, dtype: str = "float32") -> float:
-    """The device's matrix-product peak in ``dtype``: the best FLOP/s of ``reps``
-    timed products at each of several sizes (a best, not a median: any case
-    is then a fraction of something the device really did).  The per-size
-    bests are kept in ``LAST_PEAK`` for the report's spread."""
+def matmul_peak(sizes=None, reps: int = 7, dtype: str = "float32") -> dict[int, float]:
+    """The device's matrix-product FLOP/s in ``dtype`` per size: the best of
+    ``reps`` timed products at each of several sizes.  The peak is the largest
+    value (a best, not a median: any case is then a fraction of something the
+    device really did); the others are its spread."""
     dev = jax.devices()[0]
     sizes = sizes or ((4096, 8192, 12288) if dev.platform in ("gpu", "tpu") else (1024, 2048, 3072))
     best = {}
@@ -100,9 +98,7 @@ def matmul_peak(sizes=None, reps: int = 7, dtype: str = "float32") -> float:
         f = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
         jax.block_until_ready(f(a, b))
         best[n] = 2.0 * n ** 3 / float(np.min(_time(f, (a, b), reps)))
-    LAST_PEAK.clear()
-    LAST_PEAK.update(dtype=dtype, per_size=best, best=max(best.values()), worst=min(best.values()))
-    return max(best.values())
+    return best
 
 
 def memory_bytes(compiled) -> dict:
@@ -128,8 +124,19 @@ def _device_peak() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def compile_case(config_path: str, case: str, batch: int, overrides=None):
-    """``(compiled, call, args, spec, compile_s, flops)`` of one case."""
+class CompiledCase(NamedTuple):
+    jitted: Any  # the jit-wrapped function
+    lowered: Any
+    lower_args: tuple
+    compiled: Any
+    call: Callable  # call(*args) runs one case (threads a donated state through)
+    args: tuple
+    spec: Any
+    compile_s: float
+
+
+def compile_case(config_path: str, case: str, batch: int, overrides=None) -> CompiledCase:
+    """One case, compiled for fixed shapes."""
     from rtpca_jax import model as model_lib
     from rtpca_jax import train_lib
     from rtpca_jax.config_lib import load_config_file
@@ -174,14 +181,15 @@ def compile_case(config_path: str, case: str, batch: int, overrides=None):
         args = (x, y)
     else:
         raise ValueError(f"unknown case {case!r}: inference or train_step")
-    flops, source = _count_flops(fn if case == "inference" else step, lowered, lower_args)
-    if not np.isfinite(flops):  # no count available: NaN rather than a wrong count
-        source = "unavailable"
-    return compiled, call, args, s, compile_s, (flops, source)
+    return CompiledCase(fn if case == "inference" else step, lowered, lower_args, compiled, call, args, s, compile_s)
 
 
 def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=None) -> dict:
-    compiled, call, args, s, compile_s, (flops, flops_source) = compile_case(config_path, case, batch, overrides)
+    c = compile_case(config_path, case, batch, overrides)
+    compiled, call, args, s, compile_s = c.compiled, c.call, c.args, c.spec, c.compile_s
+    flops, flops_source = _count_flops(c.jitted, c.lowered, c.lower_args)
+    if not np.isfinite(flops):  # no count available: NaN rather than a wrong count
+        flops_source = "unavailable"
     jax.block_until_ready(call(*args))  # warm-up
     return _record(config_path, case, batch, s, _time(call, args, reps), flops / batch, peak, compile_s,
                    dtype=str(s.dtype or "float32"), peak_device_bytes=_device_peak(),
@@ -197,8 +205,8 @@ def fit_batches(config_path: str, overrides=None, chips_gib=(16, 32, 80)) -> dic
     x batch), for this device and for chips of ``chips_gib``; then the
     predicted largest batch for this device is compiled and run once to
     check it.  Accelerators only (XLA:CPU's analysis is not its peak)."""
-    m1 = memory_bytes(compile_case(config_path, "train_step", 1, overrides)[0])
-    m2 = memory_bytes(compile_case(config_path, "train_step", 2, overrides)[0])
+    m1 = memory_bytes(compile_case(config_path, "train_step", 1, overrides).compiled)
+    m2 = memory_bytes(compile_case(config_path, "train_step", 2, overrides).compiled)
     per_clip = m2["xla_total_bytes"] - m1["xla_total_bytes"]
     fixed = m1["xla_total_bytes"] - per_clip
     stats = jax.devices()[0].memory_stats() or {}
@@ -212,8 +220,8 @@ def fit_batches(config_path: str, overrides=None, chips_gib=(16, 32, 80)) -> dic
         out["predicted_max_batch"] = b
         for trial in (b, int(b * 0.9)):
             try:
-                _, call, args, _, _, _ = compile_case(config_path, "train_step", trial, overrides)
-                jax.block_until_ready(call(*args))
+                c = compile_case(config_path, "train_step", trial, overrides)
+                jax.block_until_ready(c.call(*c.args))
                 out["verified_batch"] = trial
                 break
             except Exception as e:  # noqa: BLE001 - out of memory
@@ -313,8 +321,6 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
 def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10) -> dict:
     """Clips/s of the tf.data pipeline on the shipped data beside the clips/s a
     config's training step consumes (``--pipeline``)."""
-    from rtpca_jax import model as model_lib
-    from rtpca_jax import train_lib
     from rtpca_jax.config_lib import load_config_file
     from rtpca_jax.data import sources
     from rtpca_jax.data.pipeline import ClipDataset
@@ -331,20 +337,10 @@ def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10) -
         p2, _ = next(it)
         n += int(p2.shape[0])
     pipe = n / (time.perf_counter() - t0)
-    module = model_lib.build(cfg.model)
-    mesh = train_lib.make_mesh()
-    tx = train_lib.make_optimizer(cfg.train, 100)
-    state = train_lib.create_state(module, tx, 0, mesh)
-    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
-    p2, p3 = (train_lib.global_batch(a.numpy(), mesh) for a in next(it))
-    state, m = step(state, p2, p3)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = step(state, p2, p3)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    # the training step's consumption on a batch of the same shapes
+    c = compile_case(config_path, "train_step", batch)
+    jax.block_until_ready(c.call(*c.args))
+    times = _time(c.call, c.args, steps)
     consume = batch / float(np.median(times))
     return {"config": os.path.basename(config_path), "frames": frames, "batch": batch, "clips_per_epoch": ds.num_clips,
             "pipeline_clips_per_s": pipe, "train_step_clips_per_s": consume, "ratio": pipe / consume}
@@ -405,8 +401,9 @@ def main(argv=None) -> int:
             storage.write_json(a.json, fits)
         return 0
     peak_dtype = a.dtype or "float32"
-    peak = matmul_peak(dtype=peak_dtype)
-    spread = ", ".join(f"{n}: {v / 1e9:,.1f}" for n, v in LAST_PEAK["per_size"].items())
+    per_size = matmul_peak(dtype=peak_dtype)
+    peak = max(per_size.values())
+    spread = ", ".join(f"{n}: {v / 1e9:,.1f}" for n, v in per_size.items())
     print(f"{peak_dtype} matmul peak on this device (best of 7 at each size): {peak / 1e9:,.1f} GFLOP/s "
           f"(per size {spread})")
     torch_device = a.torch_device or ("cuda" if jax.devices()[0].platform == "gpu" else "cpu")

@@ -160,12 +160,6 @@ def _euler_zxy(r: np.ndarray) -> np.ndarray:
     return np.rad2deg(out)
 
 
-def _axis(axis: str, deg: np.ndarray) -> np.ndarray:
-    from rtpca_jax.data.sources.bvh import _axis_rotation
-
-    return _axis_rotation(axis, deg)
-
-
 def solve(joints: np.ndarray, lengths: Optional[np.ndarray] = None):
     """Skeleton and per-frame global rotations of every BVH joint:
     ``(skeleton, rotations[T, n, 3, 3])`` for Y-up joints ``[T, 17, 3]``."""

@@ -35,10 +35,6 @@ import numpy as np
 from rtpca_jax import metrics, storage
 
 
-def _write(path: str, text: str) -> None:
-    storage.write_text(path, text)
-
-
 def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, logx=False, annotate=None,
           yerr=None) -> None:
     from rtpca_jax.viz import _plt
@@ -140,7 +136,7 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
                 "epochs": config.train.num_epochs,
                 "steps": int(out["history"][-1]["step"]) if out["history"] else 0,
             }
-            _write(result_path, json.dumps(rec, indent=1))
+            storage.write_text(result_path, json.dumps(rec, indent=1))
             records.append(rec)
     _ablation_report(records, workdir, config)
     return records
@@ -170,8 +166,9 @@ def _ablation_report(records: list[dict], workdir: str, config) -> None:
                      f"{rs[0]['flops_per_clip'] / 1e9:.3f} | {ms([r['train_s'] for r in rs])} | "
                      f"{min((r.get('fastest_epoch_s', np.nan) for r in rs)):.1f} |")
     lines += ["", *seed_noise_lines(by_run)]
-    _write(storage.join(workdir, "ablation.md"), "\n".join(lines) + "\n")
-    _write(storage.join(workdir, "ablation.json"), json.dumps({"runs": records, "summary": summary}, indent=1))
+    storage.write_text(storage.join(workdir, "ablation.md"), "\n".join(lines) + "\n")
+    storage.write_text(storage.join(workdir, "ablation.json"),
+                       json.dumps({"runs": records, "summary": summary}, indent=1))
     _plot({n: [s["flops_per_clip"] / 1e9] for n, s in summary.items()},
           {n: [s["p1_mm"]] for n, s in summary.items()}, storage.join(workdir, "p1_vs_flops.png"),
           "GFLOP per clip (XLA)", "P1 MPJPE (mm), mean ± std over seeds", "accuracy against cost", annotate=True,
@@ -263,8 +260,8 @@ def run_robustness(config, checkpoint: str, workdir: str, noise_px=(0, 2, 5, 10,
               "|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v['mpjpe_mm']:.1f} | {v['p_mpjpe_mm']:.1f} | {v['mpjve_mm']:.2f} |"
               for k, v in out["dropout"].items()]
-    _write(storage.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
-    _write(storage.join(workdir, "robustness.json"), json.dumps(out, indent=1))
+    storage.write_text(storage.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
+    storage.write_text(storage.join(workdir, "robustness.json"), json.dumps(out, indent=1))
     _plot(list(noise_px), {"P1": [out["noise"][s]["mpjpe_mm"] for s in noise_px],
                            "P2": [out["noise"][s]["p_mpjpe_mm"] for s in noise_px]},
           storage.join(workdir, "robustness_noise.png"), "2D noise sigma (pixels)", "error (mm)",
@@ -329,8 +326,8 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
         for k, r in v.items():
             lines.append(f"| {f} | {k.replace('_', ' ')} | {r['mpjpe_mm']:.1f} | {r['mpjve_mm']:.2f} | "
                          f"{r['accel_mm']:.2f} |")
-    _write(storage.join(workdir, "stability.md"), "\n".join(lines) + "\n")
-    _write(storage.join(workdir, "stability.json"), json.dumps(out, indent=1))
+    storage.write_text(storage.join(workdir, "stability.md"), "\n".join(lines) + "\n")
+    storage.write_text(storage.join(workdir, "stability.json"), json.dumps(out, indent=1))
     ok = [f for f in out if "error" not in out[f]]
     _plot([int(f) for f in ok], {f"{k} {m}": [out[f][k][m] for f in ok]
                                  for k in ("hard_cuts", "cross_fade") for m in ("mpjve_mm", "accel_mm")},

@@ -390,6 +390,11 @@ def main(argv=None) -> int:
         return 1
     print(f"wrote {a.out}: {len(r['poses3d'])} frames, {int(r['filled'].sum())} joints filled by interpolation"
           + (f"; {a.render}" if a.render else ""))
+    if "bvh_report" in r:
+        b = r["bvh_report"]
+        print(f"BVH: {b['frames']} frames at {b['fps']:g} fps, Y up, metres; largest rotation change between frames "
+              f"{b['max_rotation_change_deg']:.1f} deg ({b['max_rotation_change_joint']}, frame "
+              f"{b['max_rotation_change_frame']})")
     return 0
 
 

@@ -151,12 +151,6 @@ def save_figure(fig, p, dpi: int = 100) -> None:
     write_bytes(p, buf.getvalue())
 
 
-def remove(p) -> None:
-    q = path(p)
-    if q.exists():
-        q.unlink()
-
-
 def rmtree(p) -> None:
     q = path(p)
     if q.exists():
@@ -192,21 +186,6 @@ def replace_tree(src, dst) -> None:
 
 
 @contextlib.contextmanager
-def local_copy(p) -> Iterator[str]:
-    """A local file name holding ``p``'s bytes (``p`` itself when local), for
-    readers that take only file names."""
-    if not is_remote(p):
-        yield normalize(p)
-        return
-    suffix = os.path.splitext(os.fspath(p))[1]
-    with tempfile.TemporaryDirectory(prefix="rtpca-") as d:
-        local = os.path.join(d, "file" + suffix)
-        with open(local, "wb") as f:
-            f.write(read_bytes(p))
-        yield local
-
-
-@contextlib.contextmanager
 def local_output(p) -> Iterator[str]:
     """A local file name to write ``p`` through, for writers that take only file
     names (ffmpeg): the finished file is moved or uploaded to ``p`` on success,
@@ -228,6 +207,28 @@ def local_output(p) -> Iterator[str]:
         yield local
         with open(local, "rb") as f:
             write_bytes(target, f.read())
+
+
+class StagedDir:
+    """A local folder for writers that take only local paths (tf.summary,
+    jax.profiler) whose output belongs at ``target``: ``target`` itself when
+    local; otherwise a temporary folder whose files :meth:`sync` uploads
+    (whole files: object stores cannot append) and :meth:`close` removes."""
+
+    def __init__(self, target, prefix: str = "rtpca-"):
+        self.target = normalize(target)
+        self.remote = is_remote(self.target)
+        self.path = tempfile.mkdtemp(prefix=prefix) if self.remote else self.target
+        makedirs(self.path)
+
+    def sync(self) -> None:
+        if self.remote:
+            copy_tree(self.path, self.target)
+
+    def close(self) -> None:
+        self.sync()
+        if self.remote:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 class UnreachableError(OSError):

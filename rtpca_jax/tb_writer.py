@@ -1,18 +1,15 @@
-"""TensorBoard scalars written by TensorFlow's own ``tf.summary``, to any path.
+"""TensorBoard scalars (TensorFlow's own ``tf.summary``) and jax.profiler
+traces, to any path.
 
-Local work directories get the event file directly.  For a remote one
-(``gs://...``) the event file is written in a local staging folder and
-uploaded whole through :mod:`rtpca_jax.storage` at every :meth:`flush`
+Both writers take local folders only, so each writes into a
+:class:`rtpca_jax.storage.StagedDir`: the target itself when local; for a
+remote one (``gs://...``) a local folder uploaded whole at every flush
 (TensorFlow's GCS writer also re-uploads an event file on every flush: object
 stores cannot append).  This keeps all remote traffic on the one path layer
 that the tests run against a GCS emulator.
 """
 
 from __future__ import annotations
-
-import os
-import shutil
-import tempfile
 
 from rtpca_jax import storage
 
@@ -21,12 +18,9 @@ class EventWriter:
     def __init__(self, logdir: str):
         from rtpca_jax.data.pipeline import _tf
 
-        self.logdir = storage.normalize(logdir)
-        self._remote = storage.is_remote(self.logdir)
-        self._stage = tempfile.mkdtemp(prefix="rtpca-tb-") if self._remote else self.logdir
-        storage.makedirs(self._stage)
+        self._dir = storage.StagedDir(logdir, prefix="rtpca-tb-")
         self._tf = _tf()
-        self._writer = self._tf.summary.create_file_writer(self._stage)
+        self._writer = self._tf.summary.create_file_writer(self._dir.path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         with self._writer.as_default():
@@ -34,23 +28,16 @@ class EventWriter:
 
     def flush(self) -> None:
         self._writer.flush()
-        if self._remote:
-            for name in sorted(os.listdir(self._stage)):
-                with open(os.path.join(self._stage, name), "rb") as f:
-                    storage.write_bytes(storage.join(self.logdir, name), f.read())
+        self._dir.sync()
 
     def close(self) -> None:
-        self.flush()
         self._writer.close()
-        if self._remote:
-            shutil.rmtree(self._stage, ignore_errors=True)
+        self._dir.close()
 
 
 class Profile:
     """A ``jax.profiler`` trace of training steps ``first..last`` (global,
-    1-based, inclusive) into ``<workdir>/profile``.  The profiler writes local
-    files only, so for a remote work directory the trace is written to a
-    staging folder and uploaded through :mod:`rtpca_jax.storage` when it stops."""
+    1-based, inclusive) into ``<workdir>/profile``."""
 
     def __init__(self, spec: str, workdir: str):
         self.first = self.last = None
@@ -63,34 +50,29 @@ class Profile:
                 raise ValueError(f"train.profile_steps={spec!r}: need 1 <= first <= last")
             self.first, self.last = a, b
         self.target = storage.join(workdir, "profile")
-        self._stage = None
-        self.active = False
+        self._dir = None
 
     def before_step(self, step: int) -> None:
         """Call with the 1-based number of the step about to run."""
-        if self.first is not None and step == self.first and not self.active:
+        if self.first is not None and step == self.first and self._dir is None:
             import jax
 
-            self._stage = tempfile.mkdtemp(prefix="rtpca-prof-") if storage.is_remote(self.target) else self.target
-            storage.makedirs(self._stage)
-            jax.profiler.start_trace(self._stage)
-            self.active = True
+            self._dir = storage.StagedDir(self.target, prefix="rtpca-prof-")
+            jax.profiler.start_trace(self._dir.path)
 
     def after_step(self, step: int, result) -> None:
         """Call after step ``step`` was dispatched, with something it returned."""
-        if self.active and step >= self.last:
+        if self._dir is not None and step >= self.last:
             self.stop(result)
 
     def stop(self, result=None) -> None:
-        if not self.active:
+        if self._dir is None:
             return
         import jax
 
         if result is not None:
             jax.block_until_ready(result)  # the traced steps' device work inside the trace
         jax.profiler.stop_trace()
-        self.active = False
-        if storage.is_remote(self.target):
-            storage.copy_tree(self._stage, self.target)
-            shutil.rmtree(self._stage, ignore_errors=True)
-
+        self._dir.close()
+        self._dir = None
+        self.first = None  # once per run

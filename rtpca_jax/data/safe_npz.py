@@ -92,16 +92,17 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     path = os.fspath(path)
     if not storage.isfile(path):
         raise ValueError(f"{path}: file not found")
-    try:
-        zf = zipfile.ZipFile(storage.open_binary(path) if storage.is_remote(path) else path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path}: not an .npz archive ({e})") from e
     out = {}
-    with zf:
-        for member in zf.namelist():
-            if not member.endswith(".npy"):
-                continue
-            out[member[:-4]] = _read_member(zf, member, f"{path}[{member[:-4]}]")
+    with storage.open_binary(path) as fh:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ValueError(f"{path}: not an .npz archive ({e})") from e
+        with zf:
+            for member in zf.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                out[member[:-4]] = _read_member(zf, member, f"{path}[{member[:-4]}]")
     missing = [k for k in required if k not in out]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; found {sorted(out)}")
