@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rtpca_jax.model import ops
 from rtpca_jax.model.pyramid import Pyramid, adaptive_avg_pool
 from rtpca_jax.model.spec import ModelSpec
 
@@ -27,20 +28,22 @@ def attend(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``.
 
-    Goes through ``jax.nn.dot_product_attention`` (XLA's fused path, cuDNN
-    flash attention where asked) unless the semantics differ: that function
-    always takes the softmax in float32, so float64 inputs, attention dropout
-    and ``impl='einsum'`` use the explicit form.
+    ``impl``: ``auto`` is :func:`rtpca_jax.model.ops.softmax_attention` (the
+    explicit form with a gradient that saves the probabilities once); ``xla``
+    and ``cudnn`` go through ``jax.nn.dot_product_attention`` with that
+    implementation; ``einsum`` is the explicit form under plain autodiff.
+    Attention dropout always takes the explicit form.
     """
     scale = q.shape[-1] ** -0.5
-    explicit = impl == "einsum" or q.dtype == jnp.float64 or (dropout_rate > 0 and dropout_rng is not None)
-    if not explicit:
-        implementation = None if impl == "auto" else impl
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    dropout = dropout_rate > 0 and dropout_rng is not None
+    if impl in ("xla", "cudnn") and not dropout:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+    if impl == "auto" and not dropout:
+        return ops.softmax_attention(q, k, v, scale)
     logits = jnp.einsum("nthd,nshd->nhts", q, k) * jnp.asarray(scale, q.dtype)
     probs = jax.nn.softmax(logits.astype(jnp.promote_types(q.dtype, jnp.float32)), axis=-1)
     probs = probs.astype(v.dtype)
-    if dropout_rate > 0 and dropout_rng is not None:
+    if dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(v.dtype)
     return jnp.einsum("nhts,nshd->nthd", probs, v)

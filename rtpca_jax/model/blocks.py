@@ -9,15 +9,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rtpca_jax.model import ops
 from rtpca_jax.model.attention import KV, Attention, pool_kv
 from rtpca_jax.model.spec import ModelSpec
 
 
-def layer_norm(spec: ModelSpec, eps: float, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=eps, dtype=spec.dtype, param_dtype=spec.param_dtype,
-        use_fast_variance=False, name=name,
-    )
+def layer_norm(spec: ModelSpec, eps: float, name: str) -> ops.LayerNorm:
+    return ops.LayerNorm(eps, dtype=spec.dtype, param_dtype=spec.param_dtype, name=name)
 
 
 class Mlp(nn.Module):
@@ -32,7 +30,7 @@ class Mlp(nn.Module):
             kernel_init=nn.initializers.truncated_normal(0.02),
         )
         x = dense(s.mlp_hidden, name="fc1")(x)
-        x = jax.nn.gelu(x, approximate=s.gelu_approximate)
+        x = ops.gelu(x, s.gelu_approximate)
         x = nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
         x = dense(s.width, name="fc2")(x)
         return nn.Dropout(s.drop_rate, deterministic=not self.train)(x)

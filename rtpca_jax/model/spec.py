@@ -63,7 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Execution.
     c.dtype = ml_collections.FieldReference(None, field_type=str)  # compute dtype
     c.param_dtype = "float32"
-    c.attention_impl = "auto"  # auto | xla | cudnn | einsum
+    # auto: explicit softmax attention with a gradient that saves the
+    # probabilities once (model/ops.py); xla | cudnn: jax.nn.dot_product_attention
+    # with that implementation; einsum: the explicit form under plain autodiff.
+    c.attention_impl = "auto"
     c.remat = False  # rematerialise each block in the backward pass
     # How the temporal stream sees the [B, F, J, C] activations: "transposed"
     # moves them to B*J sequences of F frames and back around each temporal

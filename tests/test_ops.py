@@ -1,0 +1,122 @@
+"""The hand-written gradients of model/ops.py against autodiff of independent
+plain statements of the same functions (float64, so any formula error shows
+far above rounding), and the memory they are there to save."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rtpca_jax.model import ops
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _check_vjp(f_lean, f_ref, args, rtol=1e-10):
+    y1, vjp1 = jax.vjp(f_lean, *args)
+    y2, vjp2 = jax.vjp(f_ref, *args)
+    np.testing.assert_allclose(y1, y2, rtol=rtol, atol=1e-12)
+    ct = jnp.asarray(np.random.default_rng(7).normal(size=y1.shape))
+    for g1, g2 in zip(vjp1(ct), vjp2(ct)):
+        assert g1.shape == g2.shape
+        np.testing.assert_allclose(g1, g2, rtol=rtol, atol=1e-11)
+
+
+def test_layer_norm_matches_flax_and_its_gradient():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(1.5, 2.0, (3, 5, 16)))
+    scale = jnp.asarray(rng.normal(1.0, 0.3, (16,)))
+    bias = jnp.asarray(rng.normal(0.0, 0.3, (16,)))
+    ref = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, param_dtype=jnp.float64)
+
+    def lean(x, s, b):
+        return ops.normalize(x, s.reshape(1, 1, 16), b.reshape(1, 1, 16), 2, 1e-6)
+
+    def plain(x, s, b):
+        return ref.apply({"params": {"scale": s, "bias": b}}, x)
+
+    _check_vjp(lean, plain, (x, scale, bias))
+
+
+def test_normalize_along_time_axis_gradient():
+    """The pyramid's time-axis norm: statistics over axis 1, one affine pair
+    per time step, every other axis independent."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 7, 3, 4)))
+    scale = jnp.asarray(rng.normal(1.0, 0.3, (7,)))
+    bias = jnp.asarray(rng.normal(0.0, 0.3, (7,)))
+
+    def lean(x, s, b):
+        return ops.normalize(x, s.reshape(1, 7, 1, 1), b.reshape(1, 7, 1, 1), 1, 1e-5)
+
+    def plain(x, s, b):
+        mean = x.mean(axis=1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + 1e-5) * s.reshape(1, 7, 1, 1) + b.reshape(1, 7, 1, 1)
+
+    _check_vjp(lean, plain, (x, scale, bias))
+
+
+def test_gelu_exact_gradient():
+    x = jnp.linspace(-6.0, 6.0, 97)
+    from jax.scipy.special import ndtr
+
+    _check_vjp(ops.gelu_exact, lambda x: x * ndtr(x), (x,))
+
+
+@pytest.mark.parametrize("t,s", [(5, 5), (6, 9)])
+def test_softmax_attention_gradient(t, s):
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.normal(size=(2, t, 3, 4)))
+    k = jnp.asarray(rng.normal(size=(2, s, 3, 4)))
+    v = jnp.asarray(rng.normal(size=(2, s, 3, 4)))
+    scale = 4 ** -0.5
+
+    def plain(q, k, v):
+        w = jnp.einsum("nthd,nshd->nhts", q, k) * scale
+        w = jnp.exp(w - w.max(-1, keepdims=True))
+        w = w / w.sum(-1, keepdims=True)
+        return jnp.einsum("nhts,nshd->nthd", w, v)
+
+    _check_vjp(lambda q, k, v: ops.softmax_attention(q, k, v, scale), plain, (q, k, v))
+
+
+def test_lean_layers_save_less_for_the_backward_pass():
+    """What autodiff keeps from the forward pass: only the input for GELU and
+    layer norm (plus per-row statistics), one probability array for
+    attention; the plain statements keep several arrays of the input's size."""
+    import contextlib
+    import io
+    import re
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    def saved_elements(f, *args):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_saved_residuals(f, *args)
+        shapes = re.findall(r"^\w+\[([\d,]*)\]", out.getvalue(), re.M)
+        assert shapes, out.getvalue()
+        return sum(int(np.prod([int(d) for d in s.split(",") if d])) for s in shapes)
+
+    x = jnp.ones((64, 32))
+    scale, bias = jnp.ones((1, 32)), jnp.zeros((1, 32))
+    assert saved_elements(lambda x: ops.gelu_exact(x).sum(), x) == x.size
+    assert saved_elements(lambda x: jax.nn.gelu(x, approximate=False).sum(), x) >= 3 * x.size
+    lean_ln = saved_elements(lambda x: ops.normalize(x, scale, bias, 1, 1e-6).sum(), x)
+    assert lean_ln <= x.size + 2 * 64 + 2 * 32
+    plain_ln = saved_elements(
+        lambda x: nn.LayerNorm(use_fast_variance=False).apply({"params": {"scale": scale[0], "bias": bias[0]}}, x).sum(),
+        x)
+    assert plain_ln >= 2 * x.size
+    q = jnp.ones((1, 16, 2, 8))
+    probs = 1 * 2 * 16 * 16
+    lean_att = saved_elements(lambda q: ops.softmax_attention(q, q, q, 0.3).sum(), q)
+    assert lean_att <= q.size + probs  # q (as q, k and v: one array) + probabilities
+    plain_att = saved_elements(lambda q: jax.nn.dot_product_attention(q, q, q, scale=0.3).sum(), q)
+    assert plain_att >= lean_att + probs
