@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default.py"), "experiment config",
-                                lock_config=False)
+                                lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoint directory or official PyTorch .bin", required=True)
 flags.DEFINE_string("output", None, "where results.json goes (default: next to the checkpoint)")
 FLAGS = flags.FLAGS
@@ -38,11 +38,11 @@ def load_model_params(cfg, path: str):
 def main(argv):
     del argv
     from rtpca_jax import evaluation, storage, train_lib
-    from rtpca_jax.distributed import maybe_initialize
+    from rtpca_jax.runtime import start
     from rtpca_jax.train_loop import data_location, load_split
 
     logging.set_verbosity(logging.WARNING)
-    maybe_initialize()
+    start()
     cfg = FLAGS.config
     try:
         storage.check_reachable(FLAGS.checkpoint, what="checkpoint")
@@ -56,10 +56,10 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     mesh = train_lib.make_mesh()
-    predict = train_lib.make_predict_fn(module, mesh)
-    preds = train_lib.predict_sequences(predict, params, test, module.spec.num_frames, cfg.eval.batch_size, mesh,
+    predict = evaluation.make_predict_fn(module, mesh)
+    preds = evaluation.predict_sequences(predict, params, test, module.spec.num_frames, cfg.eval.batch_size, mesh,
                                         flip_tta=cfg.eval.flip_tta)
-    results = train_lib.score_sequences(test, preds)
+    results = evaluation.score_sequences(test, preds)
     print(evaluation.format_table(results))
     out_dir = FLAGS.output or (FLAGS.checkpoint if storage.isdir(FLAGS.checkpoint)
                                else storage.dirname(FLAGS.checkpoint))

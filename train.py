@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default.py"),
-                                "experiment config file", lock_config=False)
+                                "experiment config file", lock_config=True)
 flags.DEFINE_string("workdir", os.path.join("runs", "default"), "work directory (checkpoints, logs, plots)")
 FLAGS = flags.FLAGS
 
@@ -26,17 +26,17 @@ def baseline_report(result: dict, workdir: str) -> str:
     """P1/P2 of the trained model beside two closed-form baselines on the same clips."""
     import numpy as np
 
-    from rtpca_jax import storage, train_lib
+    from rtpca_jax import evaluation, storage
 
     train, test = result["train"], result["test"]
-    mean_pose = train_lib.mean_pose_baseline(train)
-    w = train_lib.linear_baseline(train)
+    mean_pose = evaluation.mean_pose_baseline(train)
+    w = evaluation.linear_baseline(train)
     rows = [("RTPCA-jax (this run)" if result["module"].spec.variant == "rtpca" else
              f"{result['module'].spec.variant} (this run)", result["final"])]
-    rows.append(("mean training pose", train_lib.score_sequences(
+    rows.append(("mean training pose", evaluation.score_sequences(
         test, [np.broadcast_to(mean_pose, s.pose3d.shape) for s in test])))
-    rows.append(("per-frame linear least squares 2D->3D", train_lib.score_sequences(
-        test, [train_lib.apply_linear_baseline(w, s.pose2d) for s in test])))
+    rows.append(("per-frame linear least squares 2D->3D", evaluation.score_sequences(
+        test, [evaluation.apply_linear_baseline(w, s.pose2d) for s in test])))
     lines = ["| method | P1 MPJPE (mm) | P2 P-MPJPE (mm) | MPJVE (mm) |", "|---|---:|---:|---:|"]
     for name, r in rows:
         lines.append(f"| {name} | {r['mpjpe_mm']:.1f} | {r['p_mpjpe_mm']:.1f} | {r['mpjve_mm']:.2f} |")
@@ -52,9 +52,9 @@ def main(argv):
     from tqdm import tqdm
 
     from rtpca_jax import storage, train_loop
-    from rtpca_jax.distributed import maybe_initialize
+    from rtpca_jax.runtime import start
 
-    maybe_initialize()
+    start()
     cfg = FLAGS.config
     # Orbax logs every save at INFO; progress and epoch lines come from tqdm here.
     logging.set_verbosity(logging.WARNING)

@@ -85,3 +85,50 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
     return module.get_config()
+
+
+SOURCES = ("h36m", "humaneva15", "mpi_inf_3dhp", "cmu", "bvh", "custom", "tfds")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check the ``data``, ``train`` and ``eval`` sections of an experiment
+    config (the ``model`` section is checked by ``model.spec.resolve``).
+
+    Raises:
+      ValueError: naming the field, its value and what was expected.
+    """
+    from rtpca_jax.model.spec import resolve
+
+    spec = resolve(config.model)
+
+    def need(cond: bool, field: str, expected: str) -> None:
+        if not cond:
+            section, key = field.split(".")
+            raise ValueError(f"{field}={config[section][key]!r}: expected {expected}")
+
+    def positive_int(field: str, optional: bool = False) -> None:
+        section, key = field.split(".")
+        v = config[section][key]
+        ok = (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        need(ok, field, "a positive integer" + (" or None" if optional else ""))
+
+    d, t = config.data, config.train
+    need(d.source in SOURCES, "data.source", f"one of {SOURCES}")
+    need(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", 'a dataset name with data.source="tfds"')
+    positive_int("data.downsample")
+    positive_int("data.clip_stride", optional=True)
+    for key in ("train_subjects", "test_subjects"):
+        need(isinstance(d[key], (tuple, list)) and all(isinstance(x, str) for x in d[key]),
+             f"data.{key}", "a tuple of names (empty: the source's own split)")
+    for key in ("batch_size", "num_epochs", "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps"):
+        positive_int(f"train.{key}")
+    positive_int("train.max_steps_per_epoch", optional=True)
+    need(t.lr > 0, "train.lr", "a positive learning rate")
+    need(0 < t.lr_decay <= 1, "train.lr_decay", "a factor in (0, 1]")
+    need(t.weight_decay >= 0, "train.weight_decay", "a non-negative number")
+    need(t.grad_clip_norm is None or t.grad_clip_norm >= 0, "train.grad_clip_norm", "None, 0 (off) or a positive norm")
+    for key in ("w_mpjpe", "w_temporal", "w_velocity"):
+        need(t[key] >= 0, f"train.{key}", "a non-negative loss weight")
+    need(len(t.joint_weights) == spec.num_joints and all(w >= 0 for w in t.joint_weights),
+         "train.joint_weights", f"{spec.num_joints} non-negative weights, one per joint of the model")
+    positive_int("eval.batch_size")

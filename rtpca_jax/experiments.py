@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from rtpca_jax import metrics, storage
+from rtpca_jax import evaluation, metrics, storage
 
 
 def _plot(xs, series: dict, path: str, xlabel: str, ylabel: str, title: str, logx=False, annotate=None,
@@ -223,14 +223,14 @@ def run_robustness(config, checkpoint: str, workdir: str, noise_px=(0, 2, 5, 10,
     storage.makedirs(workdir)
     module, params, test = _load(config, checkpoint)
     mesh = train_lib.make_mesh()
-    predict = train_lib.make_predict_fn(module, mesh)
+    predict = evaluation.make_predict_fn(module, mesh)
     f = module.spec.num_frames
     rng = np.random.default_rng(seed)
 
     def score(perturbed):
-        preds = train_lib.predict_sequences(predict, params, perturbed, f, config.eval.batch_size, mesh,
+        preds = evaluation.predict_sequences(predict, params, perturbed, f, config.eval.batch_size, mesh,
                                             flip_tta=config.eval.flip_tta)
-        r = train_lib.score_sequences(test, preds)
+        r = evaluation.score_sequences(test, preds)
         return {k: r[k] for k in ("mpjpe_mm", "p_mpjpe_mm", "mpjve_mm")}
 
     out = {"noise": {}, "dropout": {}}
@@ -278,9 +278,7 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
 
     from rtpca_jax import convert, train_lib
     from rtpca_jax import model as model_lib
-    from rtpca_jax.data.pipeline import eval_clips, stitch
     from rtpca_jax.data.skeleton import get_layout
-    from rtpca_jax.inference import predict_any_length
     from rtpca_jax.model.spec import as_dict
 
     storage.makedirs(workdir)
@@ -302,13 +300,13 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
             out[str(f)] = {"error": str(e)}
             continue
         m_f = model_lib.build(cfg_f)
-        predict = train_lib.make_predict_fn(m_f, mesh)
+        predict = evaluation.make_predict_fn(m_f, mesh)
         rows = {"hard_cuts": [], "cross_fade": []}
         for s in long:
-            clips, idx = eval_clips(s.pose2d, f)
-            hard = stitch(train_lib.predict_clips_tta(predict, p_f, clips.astype(np.float32), config.eval.batch_size,
+            clips, idx = evaluation.eval_clips(s.pose2d, f)
+            hard = evaluation.stitch(evaluation.predict_clips_tta(predict, p_f, clips.astype(np.float32), config.eval.batch_size,
                                                       mesh, layout, config.eval.flip_tta), idx, s.num_frames)
-            soft = predict_any_length(m_f, p_f, s.pose2d, flip=config.eval.flip_tta, layout=layout)
+            soft = evaluation.predict_any_length(m_f, p_f, s.pose2d, flip=config.eval.flip_tta, layout=layout)
             for name, pred in (("hard_cuts", hard), ("cross_fade", soft)):
                 rows[name].append((metrics.mpjve(pred, s.pose3d) * 1000, metrics.accel_error(pred, s.pose3d) * 1000,
                                    metrics.mpjpe(pred, s.pose3d) * 1000, s.num_frames))
@@ -337,6 +335,9 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
 
 
 def main(argv=None) -> int:
+    from rtpca_jax.runtime import configure_host_allocator
+
+    configure_host_allocator()
     from rtpca_jax.config_lib import load_config_file
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.experiments", description=__doc__.split("\n\n")[0])

@@ -43,7 +43,6 @@ import numpy as np
 
 from rtpca_jax import storage
 from rtpca_jax.data import camera as cam_lib
-from rtpca_jax.data.pipeline import clip_starts
 from rtpca_jax.data.skeleton import COCO17, H36M17
 
 CONF_THRESHOLD = 0.3
@@ -262,36 +261,6 @@ def load_checkpoint(path: str, model_config=None):
     return load_model(path, model_config)
 
 
-def window_starts(length: int, frames: int, stride: int) -> np.ndarray:
-    """Window starts every ``stride`` frames, the last right-aligned."""
-    return clip_starts(length, frames, stride)
-
-
-def predict_any_length(module, params, pose2d: np.ndarray, *, stride: Optional[int] = None,
-                       flip: bool = True, batch_size: int = 64, layout=H36M17) -> np.ndarray:
-    """``pose2d[T, J, 2]`` (normalised screen coordinates) -> ``[T, J, 3]``."""
-    from rtpca_jax import train_lib
-
-    f = module.spec.num_frames
-    stride = stride or max(1, f // 2)
-    t = len(pose2d)
-    starts = window_starts(t, f, stride)
-    index = np.minimum(starts[:, None] + np.arange(f)[None], t - 1)
-    clips = pose2d[index].astype(np.float32)
-    mesh = train_lib.make_mesh()
-    predict = train_lib.make_predict_fn(module, mesh)
-    pred = train_lib.predict_clips_tta(predict, params, clips, batch_size, mesh, layout, flip)
-    w = np.minimum(np.arange(f) + 1, f - np.arange(f)).astype(np.float64)
-    acc = np.zeros((t,) + pred.shape[2:])
-    wsum = np.zeros(t)
-    for clip, idx in zip(pred, index):
-        # each real frame once per window (edge padding repeats the last index)
-        _, first = np.unique(idx, return_index=True)
-        np.add.at(acc, idx[first], clip[first] * w[first, None, None])
-        np.add.at(wsum, idx[first], w[first])
-    return (acc / wsum[:, None, None]).astype(np.float32)
-
-
 OUTPUT_SUFFIXES = (".npz", ".json", ".bvh")
 
 
@@ -332,7 +301,9 @@ def run(checkpoint: str, keypoints: str, out: str, *, render: Optional[str] = No
     if module.spec.num_joints != 17:
         raise ValueError(f"{checkpoint}: the model has {module.spec.num_joints} joints; inference takes H36M-17")
     pose2d = cam_lib.normalize_screen(xy, w, h).astype(np.float32)
-    poses = predict_any_length(module, params, pose2d, stride=stride, flip=flip)
+    from rtpca_jax import evaluation
+
+    poses = evaluation.predict_any_length(module, params, pose2d, stride=stride, flip=flip)
     result = {
         "poses3d": poses, "keypoints2d_px": xy.astype(np.float32), "keypoints2d_normalized": pose2d,
         "filled": filled, "joint_names": np.array(H36M17.joints), "skeleton_edges": np.array(H36M17.edges),
@@ -357,6 +328,9 @@ def run(checkpoint: str, keypoints: str, out: str, *, render: Optional[str] = No
 
 
 def main(argv=None) -> int:
+    from rtpca_jax.runtime import configure_host_allocator
+
+    configure_host_allocator()
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.inference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="Orbax directory or official .bin")
     ap.add_argument("--keypoints", required=True, help=".json (COCO-17 / Halpe-26), .npz (VideoPose3D custom), .npy")

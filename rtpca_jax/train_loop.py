@@ -31,6 +31,8 @@ import numpy as np
 from absl import logging
 
 from rtpca_jax import checkpoints as ckpt_lib
+from rtpca_jax import config_lib
+from rtpca_jax import evaluation
 from rtpca_jax import model as model_lib
 from rtpca_jax import storage
 from rtpca_jax import train_lib
@@ -191,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     workdir = storage.normalize(workdir)
     cfg = config
+    config_lib.validate(cfg)
     # fail in seconds, naming the path, rather than after minutes of client retries
     storage.check_reachable(workdir, what="work directory")
     if data_location(cfg.data):
@@ -243,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
         storage.write_text(storage.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
     train_step = train_lib.make_train_step(module, tx, cfg.train, mesh, shardings)
-    predict = train_lib.make_predict_fn(module, mesh)
+    predict = evaluation.make_predict_fn(module, mesh)
     writer = None
     if is_main:
         from rtpca_jax.tb_writer import EventWriter
@@ -254,9 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     profile = Profile(cfg.train.get("profile_steps", "") if is_main else "", workdir)
 
     def evaluate(params) -> dict:
-        preds = train_lib.predict_sequences(predict, params, test_seqs, frames, cfg.eval.batch_size, mesh,
+        preds = evaluation.predict_sequences(predict, params, test_seqs, frames, cfg.eval.batch_size, mesh,
                                             flip_tta=cfg.eval.flip_tta)
-        return train_lib.score_sequences(test_seqs, preds)
+        return evaluation.score_sequences(test_seqs, preds)
 
     status = "done"
     final: dict = {}

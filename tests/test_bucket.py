@@ -66,6 +66,7 @@ def _losses_local(workdir):
     return [json.loads(x) for x in open(os.path.join(workdir, "train_log.jsonl"))]
 
 
+@pytest.mark.slow
 def test_train_resume_eval_convert_infer_in_the_bucket(gcs, tmp_path):
     from rtpca_jax import storage
     from rtpca_jax.data import sources

@@ -13,6 +13,7 @@ TINY = ["--set", "model.width=8", "--set", "model.depth=1", "--set", "model.num_
         "--set", "eval.batch_size=256", "--set", 'data.test_subjects=["washwindow_test_1"]']
 
 
+@pytest.mark.slow
 def test_ablation_robustness_stability(tmp_path):
     cfg = str(REPO / "configs" / "default.py")
     wd = tmp_path / "abl"
@@ -35,6 +36,13 @@ def test_ablation_robustness_stability(tmp_path):
                              *TINY]) == 0
     rob = json.load(open(tmp_path / "rob" / "robustness.json"))
     assert set(rob) == {"noise", "dropout"} and len(rob["noise"]) == 5
+    # no perturbation = the training run's own final evaluation of the same checkpoint
+    clean = json.load(open(wd / "ste_seed0" / "result.json"))["p1_mm"]
+    assert rob["noise"]["0"]["mpjpe_mm"] == pytest.approx(clean, rel=1e-4)
+    assert rob["dropout"]["0.0"]["mpjpe_mm"] == pytest.approx(clean, rel=1e-4)
+    # noisy 2D input makes the predicted motion jitter: velocity error grows with the noise
+    vel = [rob["noise"][k]["mpjve_mm"] for k in ("0", "5", "20")]
+    assert vel[0] < vel[1] < vel[2], vel
     assert (tmp_path / "rob" / "robustness_noise.png").exists()
 
     assert experiments.main(["stability", "--config", cfg, "--checkpoint", ck, "--workdir", str(tmp_path / "st"),

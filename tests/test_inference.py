@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from rtpca_jax import checkpoints, inference, model, viz
+from rtpca_jax import checkpoints, evaluation, inference, model, viz
 from rtpca_jax.data import camera, sources
+from rtpca_jax.data.pipeline import clip_starts
 from rtpca_jax.data.skeleton import COCO17, H36M17
 
 W, H = 1000, 1000
@@ -157,9 +158,9 @@ def test_cross_fade_has_no_jumps_at_window_borders(tiny_ckpt, h36m_px):
     module, params = inference.load_checkpoint(str(tiny_ckpt))
     pose2d = camera.normalize_screen(h36m_px, W, H).astype(np.float32)
     f = module.spec.num_frames
-    soft = inference.predict_any_length(module, params, pose2d, flip=False)
-    hard = inference.predict_any_length(module, params, pose2d, flip=False, stride=f)
-    starts = inference.window_starts(len(pose2d), f, f // 2)
+    soft = evaluation.predict_any_length(module, params, pose2d, flip=False)
+    hard = evaluation.predict_any_length(module, params, pose2d, flip=False, stride=f)
+    starts = clip_starts(len(pose2d), f, f // 2)
     borders = sorted(set(int(s) for s in starts[1:]) | set(int(s) + f for s in starts[:-1] if s + f < len(pose2d)))
 
     def jumps(p):
@@ -169,7 +170,7 @@ def test_cross_fade_has_no_jumps_at_window_borders(tiny_ckpt, h36m_px):
         return at.mean(), inside.mean()
 
     soft_at, soft_in = jumps(soft)
-    hard_starts = inference.window_starts(len(pose2d), f, f)
+    hard_starts = clip_starts(len(pose2d), f, f)
     hd = np.linalg.norm(np.diff(hard, axis=0), axis=-1).mean(-1)
     hard_at = np.mean([hd[int(s) - 1] for s in hard_starts[1:]])
     print(f"mean frame-to-frame change: cross-fade at borders {soft_at:.5f}, inside {soft_in:.5f}; "

@@ -96,7 +96,7 @@ def test_3dhp_scores_report_pck_and_auc_on_valid_frames(tmp_path):
     with a 1 m error changes nothing; H36M-layout sequences get no PCK."""
     import data_fixtures as fx
 
-    from rtpca_jax import evaluation, train_lib
+    from rtpca_jax import evaluation
     from rtpca_jax.data import sources
 
     fx.make_3dhp(tmp_path)
@@ -109,7 +109,7 @@ def test_3dhp_scores_report_pck_and_auc_on_valid_frames(tmp_path):
         assert len(bad)  # the fixture flags some frames invalid
         p[bad] += 1.0
         preds.append(p)
-    r = train_lib.score_sequences(test, preds)
+    r = evaluation.score_sequences(test, preds)
     for key in ("pck_150mm", "pck14_150mm", "pooled_pck_150mm"):
         assert r[key] == pytest.approx(100.0)
     for key in ("auc", "auc14", "pooled_auc"):
@@ -117,5 +117,5 @@ def test_3dhp_scores_report_pck_and_auc_on_valid_frames(tmp_path):
     assert r["pooled_mpjpe_mm"] == pytest.approx(42.0)
     assert "PCK (%)" in evaluation.format_table(r) and "all frames" in evaluation.format_table(r)
     h36m = sources.load("cmu", None, subjects=["walking_test_1"])[:1]
-    r2 = train_lib.score_sequences(h36m, [s.pose3d + offset for s in h36m])
+    r2 = evaluation.score_sequences(h36m, [s.pose3d + offset for s in h36m])
     assert "pck_150mm" not in r2 and r2["mpjpe_mm"] == pytest.approx(42.0, rel=1e-5)

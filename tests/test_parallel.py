@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HELPER = os.path.join(os.path.dirname(__file__), "helpers", "three_steps.py")
 
@@ -60,12 +61,14 @@ def _two_processes(tmp_path, source=None):
     return two
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     one = _run(tmp_path / "one.npz", 1)
     worst = _compare(one, _two_processes(tmp_path))
     print(f"2 processes x 2 devices vs 1 device: max |param diff| {worst:.2e}")
 
 
+@pytest.mark.slow
 def test_two_processes_from_tfds_match_one_process_and_the_file_source(tmp_path):
     from rtpca_jax.data.tfds_builders import build
 

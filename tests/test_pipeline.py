@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from rtpca_jax.data import skeleton
-from rtpca_jax.data.pipeline import ClipDataset, clip_starts, eval_clips, stitch
+from rtpca_jax.data.pipeline import ClipDataset, clip_starts
+from rtpca_jax.evaluation import eval_clips, stitch
 from rtpca_jax.data.sources.records import Sequence
 
 

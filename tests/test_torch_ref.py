@@ -48,3 +48,41 @@ def test_official_loss_equals_the_jax_loss():
 def test_refuses_a_variant_without_official_code():
     with pytest.raises(ValueError, match="no official code"):
         torch_ref.build({"variant": "ste_tpca", "num_frames": 27, "width": 16, "depth": 1, "num_heads": 2})
+
+
+@pytest.mark.parametrize("ratio,levels,frames", [(3, 2, 27), (4, 2, 33)])
+def test_pyramid_ratios_3_and_4_match_the_pytorch_statement(ratio, levels, frames):
+    """The official outputs cover ratio 2 only; pyramids of ratio 3 and 4
+    (the paper's ablation) are checked against the independent PyTorch
+    statement (``AdaptiveAvgPool1d``, ``ConvTranspose1d``), outputs and the
+    gradient of the input, in float64 with the weights converted from PyTorch."""
+    import jax
+    import ml_collections
+
+    from rtpca_jax import model as model_lib
+    from rtpca_jax.model.spec import default_config
+
+    cfg = default_config()
+    cfg.update(dict(variant="rtpca", num_frames=frames, width=16, depth=2, num_heads=2,
+                    pyramid_ratio=ratio, pyramid_levels=levels, drop_path_rate=0.0))
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    torch.manual_seed(ratio)
+    tmodel = torch_ref.build(cfg).double().eval()
+    with torch.no_grad():  # move every parameter off its initial value (LayerNorm 1/0 included)
+        for p in tmodel.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sd = {k: v.numpy() for k, v in tmodel.state_dict().items()}
+    x = np.random.default_rng(ratio).uniform(-1, 1, (2, frames, 17, 2))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out_t = tmodel(xt)
+    (out_t ** 2).sum().backward()
+    with jax.enable_x64(True):
+        params = convert.from_torch(sd, cfg, dtype=np.float64)
+        module = model_lib.build(cfg)
+        lengths = module.spec.pyramid_lengths
+        assert len(lengths) == levels + 1 and lengths[1] == frames // ratio
+        f = lambda x: module.apply({"params": params}, x)  # noqa: E731
+        out_j = np.asarray(f(x))
+        grad_j = np.asarray(jax.grad(lambda x: (f(x) ** 2).sum())(x))
+    np.testing.assert_allclose(out_j, out_t.detach().numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(grad_j, xt.grad.numpy(), rtol=1e-9, atol=1e-9)

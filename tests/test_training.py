@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from rtpca_jax import checkpoints, model, train_lib
+from rtpca_jax import checkpoints, evaluation, model, train_lib
 from rtpca_jax.config_lib import base_config, load_config_file
 
 TINY = [
@@ -50,6 +50,7 @@ def _wait_for(pred, proc, timeout=300):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_run(tmp_path):
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref), env=_env(), check=True, capture_output=True, timeout=600)
@@ -176,15 +177,15 @@ def test_padded_evaluation_batches_equal_unpadded_and_compile_few_shapes():
                      "pyramid_levels": 1})
     params = random_params(m)
     mesh = train_lib.make_mesh()
-    predict = train_lib.make_predict_fn(m, mesh)
+    predict = evaluation.make_predict_fn(m, mesh)
     clips = np.random.default_rng(0).uniform(-1, 1, (13, 9, 17, 2)).astype(np.float32)
     want = np.concatenate([np.asarray(m.apply({"params": params}, clips[i:i + 1], train=False)) for i in range(13)])
     for n in (13, 5, 1):  # 8 + 5 padded to 8; 5 -> 8; 1 -> 1
-        got = train_lib.predict_clips(predict, params, clips[:n], 8, mesh)
+        got = evaluation.predict_clips(predict, params, clips[:n], 8, mesh)
         np.testing.assert_allclose(got, want[:n], atol=1e-5)
     assert predict._cache_size() == 2  # batch shapes 8 and 1 only
-    assert [train_lib.pad_bucket(n, 64, 1) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
-    assert [train_lib.pad_bucket(n, 48, 8) for n in (1, 9, 17, 40)] == [8, 16, 32, 48]
+    assert [evaluation.pad_bucket(n, 64, 1) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    assert [evaluation.pad_bucket(n, 48, 8) for n in (1, 9, 17, 40)] == [8, 16, 32, 48]
 
 
 def test_device_prefetch_keeps_order_and_places_batches_on_the_mesh():
@@ -213,3 +214,34 @@ def test_profile_steps_are_validated(tmp_path):
         with pytest.raises(ValueError, match="profile_steps"):
             Profile(bad, str(tmp_path))
 
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.batch_size", 0, "train.batch_size=0: expected a positive integer"),
+    ("train.lr_decay", 1.5, r"train.lr_decay=1.5: expected a factor in \(0, 1\]"),
+    ("data.source", "h36", "data.source='h36': expected one of"),
+    ("train.joint_weights", (1.0, 2.0), "train.joint_weights=.*17 non-negative weights"),
+    ("data.clip_stride", -3, "data.clip_stride=-3: expected a positive integer or None"),
+])
+def test_config_sections_are_validated_naming_the_field(tmp_path, field, value, message):
+    from rtpca_jax import config_lib, train_loop
+
+    cfg = config_lib.load_config_file(str(REPO / "configs" / "default.py"))
+    section, key = field.split(".")
+    cfg[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(cfg)
+    with pytest.raises(ValueError, match=message):  # before any data is read or anything written
+        train_loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_train_py_refuses_a_misspelt_config_field(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config.train.num_epoch=1",
+                           f"--workdir={tmp_path / 'wd'}"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0
+    assert "num_epoch" in proc.stderr
+    assert not (tmp_path / "wd").exists()

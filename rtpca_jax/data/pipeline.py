@@ -15,9 +15,8 @@ Order
 Resuming
     The position is ``(epoch, step)``: ``dataset.epoch(e, start_step=k)`` yields
     exactly the batches ``k, k+1, ...`` an uninterrupted epoch ``e`` would.
-Evaluation
-    :func:`eval_clips` cuts a whole sequence into the official evaluation
-    clips (non-overlapping, the last right-aligned, edge-padded if short).
+Evaluation clips
+    are cut by :mod:`rtpca_jax.evaluation` from the same :func:`clip_starts`.
 """
 
 from __future__ import annotations
@@ -167,35 +166,3 @@ class ClipDataset:
         ds = ds.batch(self.local_batch, drop_remainder=True)
         ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(prefetch)
-
-
-def eval_clips(pose2d: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Official evaluation clips of a sequence ``pose2d[T, ...]``.
-
-    Returns ``clips[N, frames, ...]`` and ``index[N, frames]``, the frame each
-    clip position came from: non-overlapping clips from frame 0, the last one
-    right-aligned to end on the last frame; a sequence shorter than ``frames``
-    is edge-padded (index clipped to ``T-1``).  Stitch predictions back with
-    :func:`stitch`.
-    """
-    t = pose2d.shape[0]
-    starts = clip_starts(t, frames, frames)
-    index = np.minimum(starts[:, None] + np.arange(frames)[None], t - 1)
-    return pose2d[index], index
-
-
-def stitch(pred: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:
-    """Per-frame predictions from clip predictions ``pred[N, frames, ...]``: each
-    frame takes the first clip that covers it (padding positions are dropped)."""
-    out = np.zeros((length,) + pred.shape[2:], pred.dtype)
-    filled = np.zeros(length, bool)
-    for clip, idx in zip(pred, index):
-        take = ~filled[idx]
-        # a padded index repeats T-1; keep only its first occurrence
-        _, first = np.unique(idx, return_index=True)
-        mask = np.zeros(len(idx), bool)
-        mask[first] = True
-        take &= mask
-        out[idx[take]] = clip[take]
-        filled[idx[take]] = True
-    return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from rtpca_jax import model, train_lib
 from rtpca_jax.config_lib import base_config
-from rtpca_jax.distributed import maybe_initialize
+from rtpca_jax.runtime import start
 
 
 def _pipeline_batches(source, batch, frames):
@@ -33,7 +33,7 @@ def _pipeline_batches(source, batch, frames):
 
 
 def main(out, source=None):
-    maybe_initialize()
+    start()
     cfg = base_config("rtpca")
     cfg.model.update(dict(num_frames=27, width=16, depth=2, num_heads=4, drop_path_rate=0.1))
     # the official learning rate (4e-5): Adam's normalised updates turn reduction-order
