@@ -164,6 +164,7 @@ def compile_case(config_path: str, case: str, batch: int, overrides=None) -> Com
     elif case == "train_step":
         y = train_lib.global_batch(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32),
                                    mesh)
+        cfg.train.batch_size = batch  # the step's compiler options depend on it
         tx = train_lib.make_optimizer(cfg.train, 1000)
         state = train_lib.create_state(module, tx, 0, mesh)
         step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))

@@ -4,7 +4,7 @@
   clips), :func:`stitch` (hard cuts) and :func:`crossfade` (overlapping
   windows, used for users' videos);
 - prediction: :func:`make_predict_fn`, :func:`predict_clips` (power-of-two
-  padded batches), flip test-time augmentation (:func:`flip_poses`,
+  padded batches), flip test-time augmentation (``skeleton.flip_pose``,
   :func:`predict_clips_tta`), :func:`predict_sequences`,
   :func:`predict_any_length`;
 - scores: :func:`score_sequences` (P1, P2, MPJVE per action; PCK and AUC for
@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from rtpca_jax import metrics, storage, train_lib
 from rtpca_jax.data.pipeline import clip_starts
-from rtpca_jax.data.skeleton import H36M17, MPI3DHP17, get_layout
+from rtpca_jax.data.skeleton import H36M17, MPI3DHP17, flip_pose, get_layout
 from rtpca_jax.data.sources.records import Sequence
 
 
@@ -89,13 +89,6 @@ def crossfade(pred: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:
     return (acc / wsum[:, None, None]).astype(np.float32)
 
 
-def flip_poses(x: np.ndarray, layout) -> np.ndarray:
-    """Mirror image of poses ``x[..., J, D]``: left and right joints swapped,
-    the x coordinate negated (a copy)."""
-    out = x[..., layout.flip_permutation, :].copy()
-    out[..., 0] *= -1
-    return out
-
 
 # ----------------------------------------------------------------------------
 # Prediction
@@ -153,8 +146,8 @@ def predict_clips_tta(predict_fn, params, clips: np.ndarray, batch_size: int, me
     mirrored back (flip test-time augmentation) when ``flip``."""
     pred = predict_clips(predict_fn, params, clips, batch_size, mesh)
     if flip:
-        pf = predict_clips(predict_fn, params, flip_poses(clips, layout), batch_size, mesh)
-        pred = (pred + flip_poses(pf, layout)) / 2
+        pf = predict_clips(predict_fn, params, flip_pose(clips, layout), batch_size, mesh)
+        pred = (pred + flip_pose(pf, layout)) / 2
     return pred
 
 

@@ -97,9 +97,12 @@ def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: M
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), out
 
     data = batch_sharding(mesh)
+    s = module.spec
+    per_device = -(-int(train_cfg.batch_size) // mesh.devices.size)
+    activation_elements = per_device * s.num_frames * s.num_joints * s.width
     return jax.jit(step, in_shardings=(state_shardings, data, data),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,),
-                   compiler_options=runtime.compiler_options(mesh.devices.flat))
+                   compiler_options=runtime.compiler_options(mesh.devices.flat, activation_elements))
 
 
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:

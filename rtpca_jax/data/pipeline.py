@@ -25,7 +25,7 @@ from typing import Optional, Sequence as Seq
 
 import numpy as np
 
-from rtpca_jax.data.skeleton import get_layout
+from rtpca_jax.data.skeleton import flip_pose, get_layout
 from rtpca_jax.data.sources.records import Sequence
 
 
@@ -122,13 +122,9 @@ class ClipDataset:
         """The same clips as the tf.data path, in numpy (for checks and eval)."""
         idx = self._frame_index(clips)
         p2, p3 = self._pose2d[idx], self._pose3d[idx]
-        perm = self.layout.flip_permutation
-        sign = np.where(flips, -1.0, 1.0).astype(np.float32)[:, None, None]
-        p2 = np.where(flips[:, None, None, None], p2[:, :, perm], p2)
-        p3 = np.where(flips[:, None, None, None], p3[:, :, perm], p3)
-        p2[..., 0] *= sign
-        p3[..., 0] *= sign
-        return p2, p3
+        m = flips[:, None, None, None]
+        return (np.where(m, flip_pose(p2, self.layout), p2).astype(p2.dtype),
+                np.where(m, flip_pose(p3, self.layout), p3).astype(p3.dtype))
 
     def _frame_index(self, clips):
         seq = self._clip_seq[clips]
