@@ -355,9 +355,9 @@ def _row(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from rtpca_jax.runtime import configure_host_allocator
+    from rtpca_jax.runtime import start
 
-    configure_host_allocator()
+    start()
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", help="config file(s); default: default.py and the paper preset")
     ap.add_argument("--case", choices=("inference", "train_step"), action="append")

@@ -335,9 +335,9 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
 
 
 def main(argv=None) -> int:
-    from rtpca_jax.runtime import configure_host_allocator
+    from rtpca_jax.runtime import start
 
-    configure_host_allocator()
+    start()
     from rtpca_jax.config_lib import load_config_file
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.experiments", description=__doc__.split("\n\n")[0])

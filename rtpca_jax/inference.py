@@ -328,9 +328,9 @@ def run(checkpoint: str, keypoints: str, out: str, *, render: Optional[str] = No
 
 
 def main(argv=None) -> int:
-    from rtpca_jax.runtime import configure_host_allocator
+    from rtpca_jax.runtime import start
 
-    configure_host_allocator()
+    start()
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.inference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="Orbax directory or official .bin")
     ap.add_argument("--keypoints", required=True, help=".json (COCO-17 / Halpe-26), .npz (VideoPose3D custom), .npy")

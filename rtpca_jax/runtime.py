@@ -1,9 +1,10 @@
 """Process start-up and per-backend compilation settings.
 
-``start()`` is the first thing every command runs: it tunes the host's memory
-allocator (:func:`configure_host_allocator`) and joins a multi-process run
+``start()`` is the first thing every command (train.py, eval.py, bench,
+inference, experiments) runs: it tunes the host's memory allocator
+(:func:`configure_host_allocator`) and joins a multi-process run
 (:func:`maybe_initialize`).  :func:`compiler_options` gives the XLA options
-this package compiles its training and prediction programs with.
+the training step is compiled with.
 """
 
 from __future__ import annotations
