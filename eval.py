@@ -27,17 +27,10 @@ flags.DEFINE_string("output", None, "where results.json goes (default: next to t
 FLAGS = flags.FLAGS
 
 
-def load_model_params(cfg, path: str):
-    """``(module, params)`` for a checkpoint path of any supported kind; an
-    official ``.bin`` is read with the config's model section."""
-    from rtpca_jax.convert import TORCH_SUFFIXES, load_model
-
-    return load_model(path, model_config=cfg.model if path.endswith(TORCH_SUFFIXES) else None)
-
-
 def main(argv):
     del argv
     from rtpca_jax import evaluation, storage, train_lib
+    from rtpca_jax.convert import load_model
     from rtpca_jax.runtime import start
     from rtpca_jax.train_loop import data_location, load_split
 
@@ -50,7 +43,8 @@ def main(argv):
             storage.check_reachable(data_location(cfg.data), what="data")
         if FLAGS.output:
             storage.check_reachable(FLAGS.output, what="output")
-        module, params = load_model_params(cfg, FLAGS.checkpoint)
+        # the config's model section describes an official .bin; a directory carries its own
+        module, params = load_model(FLAGS.checkpoint, model_config=cfg.model)
         test = load_split(cfg.data, "test")
     except (ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

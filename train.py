@@ -22,17 +22,17 @@ flags.DEFINE_string("workdir", os.path.join("runs", "default"), "work directory 
 FLAGS = flags.FLAGS
 
 
-def baseline_report(result: dict, workdir: str) -> str:
+def baseline_report(result, workdir: str) -> str:
     """P1/P2 of the trained model beside two closed-form baselines on the same clips."""
     import numpy as np
 
     from rtpca_jax import evaluation, storage
 
-    train, test = result["train"], result["test"]
+    train, test = result.train, result.test
     mean_pose = evaluation.mean_pose_baseline(train)
     w = evaluation.linear_baseline(train)
-    rows = [("RTPCA-jax (this run)" if result["module"].spec.variant == "rtpca" else
-             f"{result['module'].spec.variant} (this run)", result["final"])]
+    variant = result.module.spec.variant
+    rows = [("RTPCA-jax (this run)" if variant == "rtpca" else f"{variant} (this run)", result.final)]
     rows.append(("mean training pose", evaluation.score_sequences(
         test, [np.broadcast_to(mean_pose, s.pose3d.shape) for s in test])))
     rows.append(("per-frame linear least squares 2D->3D", evaluation.score_sequences(
@@ -71,17 +71,17 @@ def main(argv):
     except (train_loop.NonFiniteLossError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if result["status"] == "preempted":
+    if result.status == "preempted":
         print("preempted: checkpoint saved; run the same command again to continue")
         return 0
-    if jax.process_index() == 0 and result["final"]:
+    if jax.process_index() == 0 and result.final:
         # the same report as eval.py on the final model, in the work directory
         from rtpca_jax import evaluation
 
-        evaluation.write_results(result["final"], FLAGS.workdir, result["test"][0].layout)
-    if jax.process_index() == 0 and cfg.train.get("report_baselines", False) and result["final"]:
+        evaluation.write_results(result.final, FLAGS.workdir, result.test[0].layout)
+    if jax.process_index() == 0 and cfg.train.get("report_baselines", False) and result.final:
         table = baseline_report(result, FLAGS.workdir)
-        print(f"\nheld-out clips ({len(result['test'])} sequences), flip test-time augmentation:\n{table}")
+        print(f"\nheld-out clips ({len(result.test)} sequences), flip test-time augmentation:\n{table}")
         storage.write_text(storage.join(FLAGS.workdir, "report.md"), table + "\n")
     print(f"work directory: {storage.normalize(FLAGS.workdir)} (results.json, training_curve.png, history.json, tb/)")
     return 0

@@ -19,7 +19,8 @@ def get_config():
 
     c.data.source = "cmu"
     c.data.root = ""  # the shipped file
-    c.data.train_subjects = ()
+    c.data.split = "builtin"  # the shipped file's own train/test clip split
+    c.data.train_subjects = ()  # (clip names, with data.split="subjects")
     c.data.test_subjects = ()
     c.data.downsample = 2  # 60 -> 30 fps
     c.data.clip_stride = 9  # overlapping training clips

@@ -13,6 +13,4 @@ def get_config():
     c.data.root = "data/3dhp"
     c.data.train_subjects = TRAIN_SUBJECTS
     c.data.test_subjects = TEST_SUBJECTS
-    # 3DHP joint order: weight the limb ends like the H36M weights do
-    c.train.joint_weights = (1, 1, 1.5, 4, 4, 1.5, 4, 4, 1, 2.5, 2.5, 1, 2.5, 2.5, 1, 1, 1)
     return c

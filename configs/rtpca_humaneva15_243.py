@@ -3,7 +3,7 @@ train Train/S1-S3, test Validate/S1-S3, actions Walk, Jog, Box.
 
 Put data_3d_humaneva15.npz and data_2d_humaneva15_gt.npz in data.root."""
 
-from rtpca_jax.config_lib import HUMANEVA_JOINT_WEIGHTS, base_config
+from rtpca_jax.config_lib import base_config
 from rtpca_jax.data.sources.videopose3d import (HUMANEVA_ACTIONS, HUMANEVA_TEST_SUBJECTS,
                                                 HUMANEVA_TRAIN_SUBJECTS)
 
@@ -16,5 +16,4 @@ def get_config():
     c.data.train_subjects = HUMANEVA_TRAIN_SUBJECTS
     c.data.test_subjects = HUMANEVA_TEST_SUBJECTS
     c.data.actions = HUMANEVA_ACTIONS
-    c.train.joint_weights = HUMANEVA_JOINT_WEIGHTS
     return c

@@ -4,6 +4,10 @@ memory, XLA FLOPs and the fraction of this device's float32 matmul peak.
     python -m rtpca_jax.bench                                  # default + paper preset
     python -m rtpca_jax.bench --config configs/default.py --case train_step --batch 16
     python -m rtpca_jax.bench --json bench.json
+    python -m rtpca_jax.bench --config configs/rtpca_h36m_243.py --config.model.dtype=bfloat16 --fit
+
+Configs are read as ``train.py`` reads them: ``--config FILE`` (repeatable)
+and dotted overrides ``--config.model.remat=True`` applied to every file.
 
 Every case has fixed shapes, is timed after compilation as the median of
 ``--reps`` runs with ``block_until_ready``, and is reported with the FLOPs per
@@ -135,15 +139,14 @@ class CompiledCase(NamedTuple):
     compile_s: float
 
 
-def compile_case(config_path: str, case: str, batch: int, overrides=None) -> CompiledCase:
-    """One case, compiled for fixed shapes."""
+def compile_case(config_path: str, case: str, batch: int, overrides=()) -> CompiledCase:
+    """One case, compiled for fixed shapes; ``overrides``: dotted config
+    overrides (``"model.remat=True"``)."""
     from rtpca_jax import model as model_lib
     from rtpca_jax import train_lib
     from rtpca_jax.config_lib import load_config_file
 
-    cfg = load_config_file(config_path)
-    for k, v in (overrides or {}).items():
-        cfg.model[k] = v
+    cfg = load_config_file(config_path, overrides)
     module = model_lib.build(cfg.model)
     s = module.spec
     mesh = train_lib.make_mesh()
@@ -167,7 +170,9 @@ def compile_case(config_path: str, case: str, batch: int, overrides=None) -> Com
         cfg.train.batch_size = batch  # the step's compiler options depend on it
         tx = train_lib.make_optimizer(cfg.train, 1000)
         state = train_lib.create_state(module, tx, 0, mesh)
-        step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
+        # loss weights change the values, not the cost: uniform ones, whatever the layout
+        step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh),
+                                         joint_weights=(1.0,) * s.num_joints)
         t0 = time.perf_counter()
         lower_args = (state, x, y)
         lowered = step.lower(state, x, y)
@@ -185,7 +190,7 @@ def compile_case(config_path: str, case: str, batch: int, overrides=None) -> Com
     return CompiledCase(fn if case == "inference" else step, lowered, lower_args, compiled, call, args, s, compile_s)
 
 
-def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=None) -> dict:
+def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=()) -> dict:
     c = compile_case(config_path, case, batch, overrides)
     compiled, call, args, s, compile_s = c.compiled, c.call, c.args, c.spec, c.compile_s
     flops, flops_source = _count_flops(c.jitted, c.lowered, c.lower_args)
@@ -200,7 +205,7 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
                    **memory_bytes(compiled))
 
 
-def fit_batches(config_path: str, overrides=None, chips_gib=(16, 32, 80)) -> dict:
+def fit_batches(config_path: str, overrides=(), chips_gib=(16, 32, 80)) -> dict:
     """Largest training-step batch that fits a device, from XLA's memory
     analysis of the compiled step at batch 1 and 2 (bytes = fixed + per-clip
     x batch), for this device and for chips of ``chips_gib``; then the
@@ -213,7 +218,7 @@ def fit_batches(config_path: str, overrides=None, chips_gib=(16, 32, 80)) -> dic
     stats = jax.devices()[0].memory_stats() or {}
     limit = int(stats.get("bytes_limit", 0))
     out = {"config": os.path.basename(config_path), "per_clip_bytes": per_clip, "fixed_bytes": fixed,
-           "device_limit_bytes": limit, "overrides": dict(overrides or {})}
+           "device_limit_bytes": limit, "overrides": list(overrides)}
     for g in chips_gib:
         out[f"max_batch_{g}gib"] = int((g * 2 ** 30 * 0.95 - fixed) // per_clip)  # 5% for the runtime
     if limit:
@@ -231,7 +236,7 @@ def fit_batches(config_path: str, overrides=None, chips_gib=(16, 32, 80)) -> dic
 
 
 def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
-                     flops_per_clip: float, device: str = "cpu", dtype: str = "float32") -> dict:
+                     flops_per_clip: float, device: str = "cpu", dtype: str = "float32", overrides=()) -> dict:
     """The same case with :mod:`rtpca_jax.torch_ref` (eager PyTorch, the
     official float32 network), timed the same way in a fresh process (so
     neither runtime's thread pool competes with the other's); FLOPs are the
@@ -239,7 +244,7 @@ def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: f
     import subprocess
 
     job = json.dumps(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
-                          flops_per_clip=flops_per_clip, device=device, dtype=dtype))
+                          flops_per_clip=flops_per_clip, device=device, dtype=dtype, overrides=list(overrides)))
     proc = subprocess.run([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
                           input=job, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -253,7 +258,7 @@ def _torch_worker() -> None:
 
 
 def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
-                device: str = "cpu", dtype: str = "float32") -> dict:
+                device: str = "cpu", dtype: str = "float32", overrides=()) -> dict:
     """One case with the eager PyTorch statement; on CUDA, ``dtype='bfloat16'``
     runs it under ``torch.autocast`` (float32 parameters, bf16 matmuls: the
     usual PyTorch mixed precision)."""
@@ -264,7 +269,7 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
     from rtpca_jax import torch_ref
     from rtpca_jax.config_lib import load_config_file
 
-    cfg = load_config_file(config_path)
+    cfg = load_config_file(config_path, overrides)
     torch.manual_seed(0)
     dev = torch.device(device)
     model = torch_ref.build(cfg.model).to(dev)
@@ -288,7 +293,7 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
     else:
         y = torch.from_numpy(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32)).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        weights = list(cfg.train.joint_weights)
+        weights = [1.0] * s.num_joints  # as in compile_case
         model.train()
 
         def call():
@@ -319,17 +324,17 @@ def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float,
                    torch_matmul_peak_flops_per_s=best)
 
 
-def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10) -> dict:
+def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10, overrides=()) -> dict:
     """Clips/s of the tf.data pipeline on the shipped data beside the clips/s a
     config's training step consumes (``--pipeline``)."""
+    from rtpca_jax import train_loop
     from rtpca_jax.config_lib import load_config_file
-    from rtpca_jax.data import sources
-    from rtpca_jax.data.pipeline import ClipDataset
 
-    cfg = load_config_file(config_path)
+    cfg = load_config_file(config_path, overrides)
     frames, batch = cfg.model.num_frames, cfg.train.batch_size
-    seqs = sources.load("cmu", None, subjects="train", downsample=cfg.data.get("downsample", 1))
-    ds = ClipDataset(seqs, frames, batch, process_index=0, process_count=1, stride=cfg.data.get("clip_stride"))
+    # the config's clips drawn from the shipped data, as training draws them
+    cfg.data.source, cfg.data.root, cfg.data.split = "cmu", "", "builtin"
+    ds = train_loop.make_clip_dataset(cfg, train_loop.load_split(cfg.data, "train"), frames)
     it = iter(ds.epoch(0).repeat())
     next(it)
     n = 0
@@ -339,7 +344,7 @@ def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10) -
         n += int(p2.shape[0])
     pipe = n / (time.perf_counter() - t0)
     # the training step's consumption on a batch of the same shapes
-    c = compile_case(config_path, "train_step", batch)
+    c = compile_case(config_path, "train_step", batch, overrides)
     jax.block_until_ready(c.call(*c.args))
     times = _time(c.call, c.args, steps)
     consume = batch / float(np.median(times))
@@ -358,14 +363,16 @@ def main(argv=None) -> int:
     from rtpca_jax.runtime import start
 
     start()
-    ap = argparse.ArgumentParser(prog="python -m rtpca_jax.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", action="append", help="config file(s); default: default.py and the paper preset")
+    from rtpca_jax.config_lib import load_config_file, split_config_args
+
+    ap = argparse.ArgumentParser(prog="python -m rtpca_jax.bench", description=__doc__.split("\n\n")[0],
+                                 epilog="--config FILE (repeatable; default: default.py and the paper preset) and "
+                                        "--config.SECTION.KEY=VALUE overrides, read as train.py reads them "
+                                        "(e.g. --config.model.dtype=bfloat16, --config.model.remat=True, "
+                                        "--config.model.attention_impl=cudnn)")
     ap.add_argument("--case", choices=("inference", "train_step"), action="append")
     ap.add_argument("--batch", type=int, action="append")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
-    ap.add_argument("--remat", action="store_true", help="rematerialise blocks")
-    ap.add_argument("--attention", choices=("auto", "xla", "cudnn", "einsum"), help="model.attention_impl")
     ap.add_argument("--fit", action="store_true",
                     help="largest training batch per chip size from XLA's memory analysis (accelerators)")
     ap.add_argument("--pipeline", action="store_true",
@@ -374,22 +381,25 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the records here")
     ap.add_argument("--torch", action="store_true",
                     help="also time each case with rtpca_jax.torch_ref (eager PyTorch statement of the official "
-                         "network in float32, needs the torch extra; --dtype/--remat apply to JAX only) and print "
-                         "the JAX/PyTorch speed ratio")
-    a = ap.parse_args(argv)
-    configs = a.config or [os.path.join(REPO_CONFIGS, c) for c in DEFAULT_CASES]
-    overrides = {}
-    if a.dtype:
-        overrides["dtype"] = a.dtype
-    if a.remat:
-        overrides["remat"] = True
-    if a.attention:
-        overrides["attention_impl"] = a.attention
+                         "network, needs the torch extra; model.dtype=bfloat16 runs it under autocast, remat and "
+                         "attention_impl apply to JAX only) and print the JAX/PyTorch speed ratio")
+    try:
+        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
+        a = ap.parse_args(rest)
+        configs = files or [os.path.join(REPO_CONFIGS, c) for c in DEFAULT_CASES]
+        dtypes = {load_config_file(c, overrides).model.dtype or "float32" for c in configs}  # checks each early
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(dtypes) > 1:
+        print(f"error: the configs compute in different dtypes {sorted(dtypes)}; bench them separately",
+              file=sys.stderr)
+        return 2
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
           f"devices {jax.devices()}")
     if a.pipeline:
-        for c in a.config or [os.path.join(REPO_CONFIGS, "default.py")]:
-            r = pipeline_throughput(c)
+        for c in files or [os.path.join(REPO_CONFIGS, "default.py")]:
+            r = pipeline_throughput(c, overrides=overrides)
             print(f"config {r['config']}: F={r['frames']}, batch {r['batch']}, {r['clips_per_epoch']} clips/epoch")
             print(f"  pipeline      {r['pipeline_clips_per_s']:>10,.0f} clips/s")
             print(f"  training step {r['train_step_clips_per_s']:>10,.1f} clips/s (median of 10)")
@@ -404,7 +414,7 @@ def main(argv=None) -> int:
 
             storage.write_json(a.json, fits)
         return 0
-    peak_dtype = a.dtype or "float32"
+    peak_dtype = dtypes.pop()
     per_size = matmul_peak(dtype=peak_dtype)
     peak = max(per_size.values())
     spread = ", ".join(f"{n}: {v / 1e9:,.1f}" for n, v in per_size.items())
@@ -426,7 +436,7 @@ def main(argv=None) -> int:
                 print(_row(r), flush=True)
                 if a.torch:
                     t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], device=torch_device,
-                                         dtype=peak_dtype)
+                                         dtype=peak_dtype, overrides=overrides)
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
                     records.append(t)
                     print(_row(t) + f"   JAX/PyTorch speed {t['jax_speedup']:.2f}x (PyTorch's own matmul: "

@@ -475,33 +475,39 @@ def main(argv=None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.convert",
-                                 description="Convert between official PyTorch RTPCA/MixSTE checkpoints and rtpca-jax.")
+                                 description="Convert between official PyTorch RTPCA/MixSTE checkpoints and rtpca-jax.",
+                                 epilog="both commands take --config FILE (its model section describes the weights) "
+                                        "and --config.model.KEY=VALUE overrides, read as train.py reads them")
     sub = ap.add_subparsers(dest="cmd", required=True)
     tj = sub.add_parser("to-jax", help="official .bin -> Orbax params directory")
     tj.add_argument("checkpoint")
     tj.add_argument("--out", required=True)
-    tj.add_argument("--config", help="config file whose model section describes the weights (default: inferred)")
     tj.add_argument("--frames", type=int, help="resample frame-tied parameters to this many frames")
     tj.add_argument("--num-heads", type=int, default=8, help="heads, when inferring the config")
     tt = sub.add_parser("to-torch", help="rtpca-jax params -> official training checkpoint .bin")
     tt.add_argument("directory", help="convert to-jax output or a training work directory")
     tt.add_argument("--out", required=True)
-    tt.add_argument("--config", help="config file (default: model_config.json of the directory)")
     tt.add_argument("--no-prefix", action="store_true", help="keys without the 'module.' prefix")
-    args = ap.parse_args(argv)
     from rtpca_jax import checkpoints, storage
+    from rtpca_jax.config_lib import load_config_file, split_config_args
 
     try:
+        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
+        if len(files) > 1 or (overrides and not files):
+            raise ValueError("expected at most one --config FILE (and overrides only with one)")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = ap.parse_args(rest)
+    try:
+        # to-jax: the model section describing the weights (default: inferred from them);
+        # to-torch: default the model_config.json / config.json of the directory
+        model_config = load_config_file(files[0], overrides).model if files else None
         storage.check_reachable(args.checkpoint if args.cmd == "to-jax" else args.directory, what="input")
         storage.check_reachable(args.out, what="output")
         if args.cmd == "to-jax":
             sd = load_torch_checkpoint(args.checkpoint)
-            if args.config:
-                from rtpca_jax.config_lib import load_config_file
-
-                cfg = load_config_file(args.config).model
-            else:
-                cfg = infer_config(sd, num_heads=args.num_heads)
+            cfg = model_config if model_config is not None else infer_config(sd, num_heads=args.num_heads)
             from rtpca_jax.model import count_params
 
             params = from_torch(sd, cfg)
@@ -511,11 +517,6 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}/params ({count_params(params):,} parameters, "
                   f"{cfg.variant}, F={cfg.num_frames}) and {args.out}/model_config.json")
         else:
-            model_config = None
-            if args.config:
-                from rtpca_jax.config_lib import load_config_file
-
-                model_config = load_config_file(args.config).model
             module, params = load_model(args.directory, model_config)
             sd = to_torch(jax_tree_to_numpy(params), module.spec)
             save_torch_checkpoint(sd, args.out, prefix="" if args.no_prefix else "module.")

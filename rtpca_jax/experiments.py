@@ -119,22 +119,22 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
             cfg.train.report_baselines = False
             t0 = time.perf_counter()
             out = train_loop.train_and_evaluate(cfg, run_dir, progress=progress)
-            if out["status"] != "done":
+            if out.status != "done":
                 raise SystemExit(f"{name} seed {seed} was preempted; run the command again to continue")
-            module = out["module"]
-            params = out["state"].params
+            module = out.module
+            params = out.state.params
             rec = {
                 "run": name, "seed": seed, **overrides,
-                "p1_mm": out["final"]["mpjpe_mm"], "p2_mm": out["final"]["p_mpjpe_mm"],
-                "mpjve_mm": out["final"]["mpjve_mm"],
+                "p1_mm": out.final["mpjpe_mm"], "p2_mm": out.final["p_mpjpe_mm"],
+                "mpjve_mm": out.final["mpjve_mm"],
                 "params": model_lib.count_params(params),
                 "flops_per_clip": flops_per_clip(module, jax.device_get(params)),
-                "train_s": float(sum(h["train_s"] for h in out["history"])),
+                "train_s": float(sum(h["train_s"] for h in out.history)),
                 # the quickest epoch: the figure least disturbed by other work on the machine
-                "fastest_epoch_s": float(min((h["train_s"] for h in out["history"]), default=float("nan"))),
+                "fastest_epoch_s": float(min((h["train_s"] for h in out.history), default=float("nan"))),
                 "wall_s": time.perf_counter() - t0,
                 "epochs": config.train.num_epochs,
-                "steps": int(out["history"][-1]["step"]) if out["history"] else 0,
+                "steps": int(out.history[-1]["step"]) if out.history else 0,
             }
             storage.write_text(result_path, json.dumps(rec, indent=1))
             records.append(rec)
@@ -208,10 +208,10 @@ def seed_noise_lines(by_run: dict[str, list[dict]], metric: str = "p1_mm") -> li
 
 
 def _load(config, checkpoint):
-    from rtpca_jax.inference import load_checkpoint
+    from rtpca_jax.convert import load_model
     from rtpca_jax.train_loop import load_split
 
-    module, params = load_checkpoint(checkpoint, model_config=config.model)
+    module, params = load_model(checkpoint, model_config=config.model)
     return module, params, load_split(config.data, "test")
 
 
@@ -338,35 +338,29 @@ def main(argv=None) -> int:
     from rtpca_jax.runtime import start
 
     start()
-    from rtpca_jax.config_lib import load_config_file
+    from rtpca_jax.config_lib import load_config_file, split_config_args
 
-    ap = argparse.ArgumentParser(prog="python -m rtpca_jax.experiments", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rtpca_jax.experiments", description=__doc__.split("\n\n")[0],
+                                 epilog="every command takes --config FILE and --config.SECTION.KEY=VALUE overrides, "
+                                        "read as train.py reads them")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("ablation", "robustness", "stability"):
-        p = sub.add_parser(name)
-        p.add_argument("--config", required=True)
+        p = sub.add_parser(name, epilog="--config FILE (required) and --config.SECTION.KEY=VALUE overrides")
         p.add_argument("--workdir", required=True)
-        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="config override, e.g. --set train.num_epochs=2 (repeatable)")
         if name == "ablation":
             p.add_argument("--seeds", default="0,1")
             p.add_argument("--runs", help="comma-separated subset of the runs")
         else:
             p.add_argument("--checkpoint", required=True)
-    a = ap.parse_args(argv)
-    cfg = load_config_file(a.config)
-    for item in a.set:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        if section not in cfg or field not in cfg[section]:
-            print(f"error: --set {item}: unknown config field {key}", file=sys.stderr)
-            return 1
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value  # a bare string
-        old = cfg[section][field]
-        cfg[section][field] = type(old)(parsed) if old is not None and not isinstance(old, tuple) else parsed
+    try:
+        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
+        a = ap.parse_args(rest)
+        if len(files) != 1:
+            raise ValueError(f"expected one --config FILE, got {len(files)}")
+        cfg = load_config_file(files[0], overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         storage.check_reachable(a.workdir, what="work directory")
         if getattr(a, "checkpoint", None):

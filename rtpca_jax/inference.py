@@ -253,14 +253,6 @@ def read_keypoints(path: str, width: Optional[int] = None, height: Optional[int]
 # Checkpoints and prediction
 
 
-def load_checkpoint(path: str, model_config=None):
-    """``(module, params)`` of any checkpoint path (see
-    :func:`rtpca_jax.convert.load_model`)."""
-    from rtpca_jax.convert import load_model
-
-    return load_model(path, model_config)
-
-
 OUTPUT_SUFFIXES = (".npz", ".json", ".bvh")
 
 
@@ -297,7 +289,9 @@ def run(checkpoint: str, keypoints: str, out: str, *, render: Optional[str] = No
             raise ValueError(f"--{name} {v}: the image size must be a positive number of pixels")
     kp, w, h = read_keypoints(keypoints, width, height, video)
     xy, filled = fill_missing(kp, threshold)
-    module, params = load_checkpoint(checkpoint)
+    from rtpca_jax.convert import load_model
+
+    module, params = load_model(checkpoint)
     if module.spec.num_joints != 17:
         raise ValueError(f"{checkpoint}: the model has {module.spec.num_joints} joints; inference takes H36M-17")
     pose2d = cam_lib.normalize_screen(xy, w, h).astype(np.float32)

@@ -77,10 +77,11 @@ def state_sharding(state: TrainState, mesh: Mesh):
     return jax.tree_util.tree_map(lambda _: replicated(mesh), state)
 
 
-def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: Mesh,
-                    state_shardings) -> Callable:
-    """``step(state, pose2d[B,F,J,2], pose3d[B,F,J,3]) -> (state, metrics)``."""
-    weights = tuple(train_cfg.joint_weights)
+def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: Mesh, state_shardings,
+                    joint_weights) -> Callable:
+    """``step(state, pose2d[B,F,J,2], pose3d[B,F,J,3]) -> (state, metrics)``;
+    ``joint_weights``: the loss's per-joint weights (``skeleton.loss_weights``)."""
+    weights = tuple(joint_weights)
     lw = dict(w_mpjpe=train_cfg.w_mpjpe, w_temporal=train_cfg.w_temporal, w_velocity=train_cfg.w_velocity)
 
     def step(state: TrainState, pose2d, pose3d):

@@ -19,11 +19,12 @@ re-runs those steps and writes them again).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -37,6 +38,7 @@ from rtpca_jax import model as model_lib
 from rtpca_jax import storage
 from rtpca_jax import train_lib
 from rtpca_jax.data import sources
+from rtpca_jax.data import skeleton
 from rtpca_jax.data.pipeline import ClipDataset
 from rtpca_jax.data.skeleton import get_layout
 
@@ -53,28 +55,33 @@ def data_location(data_cfg) -> str | None:
 
 
 def load_split(data_cfg, split: str) -> list:
-    """Train or test sequences of a data config."""
+    """Train or test sequences of a data config: with ``data.split =
+    "subjects"`` those named by ``data.train_subjects`` / ``test_subjects``,
+    with ``"builtin"`` the split the data carries."""
     src = data_cfg.source
+    names = None
+    if data_cfg.split == "subjects":
+        key = "train_subjects" if split == "train" else "test_subjects"
+        names = list(data_cfg[key])
+        if not names:
+            raise ValueError(f'data.{key} is empty: data.split="subjects" needs the {split} subjects named')
+    elif src not in config_lib.BUILTIN_SPLIT_SOURCES:
+        raise ValueError(f"data.split={data_cfg.split!r}: data.source={src!r} carries no built-in split; "
+                         f'use data.split="subjects" and name data.train_subjects / data.test_subjects')
+    actions = list(data_cfg.actions) if data_cfg.get("actions") else None
+    downsample = data_cfg.get("downsample", 1)
     if src == "tfds":
         from rtpca_jax.data.tfds_source import load_tfds
 
         if not data_cfg.get("tfds_name") or not data_cfg.get("tfds_data_dir"):
             raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'h36m/gt', 'cmu_mocap') and "
                              "data.tfds_data_dir (where the dataset was built, local or gs://)")
-        named = data_cfg.train_subjects if split == "train" else data_cfg.test_subjects
-        actions = data_cfg.get("actions")
-        return load_tfds(data_cfg.tfds_name, data_cfg.tfds_data_dir, split,
-                         subjects=list(named) if named else None, actions=list(actions) if actions else None,
-                         downsample=data_cfg.get("downsample", 1))
-    opts = {"downsample": data_cfg.get("downsample", 1)}
-    if src == "cmu":  # the split by default; named clips when the config lists them
-        named = data_cfg.train_subjects if split == "train" else data_cfg.test_subjects
-        return sources.load("cmu", data_cfg.get("root") or None, subjects=list(named) if named else split, **opts)
-    subjects = data_cfg.train_subjects if split == "train" else data_cfg.test_subjects
-    actions = data_cfg.get("actions")
-    return sources.load(src, data_cfg.root, keypoints=data_cfg.get("keypoints", "gt"),
-                        subjects=list(subjects) if subjects else None,
-                        actions=list(actions) if actions else None, **opts)
+        return load_tfds(data_cfg.tfds_name, data_cfg.tfds_data_dir, split, subjects=names, actions=actions,
+                         downsample=downsample)
+    if src == "cmu":  # clip names, or the shipped file's own split
+        return sources.load("cmu", data_cfg.get("root") or None, subjects=names or split, downsample=downsample)
+    return sources.load(src, data_cfg.root, keypoints=data_cfg.get("keypoints", "gt"), subjects=names,
+                        actions=actions, downsample=downsample)
 
 
 class _Preemption:
@@ -179,15 +186,191 @@ def plot_curves(history: list[dict], log: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_and_evaluate` hands back."""
+
+    status: str  # "done", or "preempted" (SIGTERM: checkpoint saved, run again to continue)
+    history: list[dict]  # one record per epoch (history.json)
+    final: dict  # scores of the last evaluation (evaluation.score_sequences); {} if none ran
+    module: Any  # the flax module
+    state: train_lib.TrainState
+    train: list  # the training sequences
+    test: list  # the held-out sequences the scores are on
+    mesh: Any
+
+
+def make_clip_dataset(cfg, train_seqs: list, frames: int) -> ClipDataset:
+    """The training clips of a config (shared with ``bench --pipeline``)."""
+    return ClipDataset(train_seqs, frames, cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
+                       stride=cfg.data.get("clip_stride"))
+
+
+@dataclasses.dataclass
+class _Pending:
+    """One step's metrics, read a step late (so the host never waits on the device)."""
+
+    step: int
+    epoch: int
+    metrics: Any
+    lr: float
+    done: int  # steps run in this epoch by this process since it (re)started the epoch
+
+
+class _Run:
+    """One training run's parts: data, model, mesh, optimiser, state, checkpoints, logs."""
+
+    def __init__(self, cfg, workdir: str, announce: Optional[Callable[[str], None]]):
+        self.cfg, self.workdir = cfg, workdir
+        self.is_main = jax.process_index() == 0
+        self.train_seqs = load_split(cfg.data, "train")
+        self.test_seqs = load_split(cfg.data, "test")
+        layout = get_layout(self.train_seqs[0].layout)
+        if layout.num_joints != cfg.model.num_joints:
+            raise ValueError(f"model.num_joints={cfg.model.num_joints} but the data ({cfg.data.source}) has "
+                             f"{layout.num_joints} joints ({layout.name})")
+        weights = skeleton.loss_weights(layout, cfg.train.joint_weights)
+        self.module = model_lib.build(cfg.model)
+        self.frames = self.module.spec.num_frames
+        self.data = make_clip_dataset(cfg, self.train_seqs, self.frames)
+        self.steps_per_epoch = self.data.steps_per_epoch
+        if cfg.train.get("max_steps_per_epoch"):
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        self.mesh = mesh = train_lib.make_mesh()
+        if cfg.train.batch_size % mesh.devices.size:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                             f"{mesh.devices.size} devices")
+        tx = train_lib.make_optimizer(cfg.train, self.steps_per_epoch)
+        self.schedule = train_lib.learning_rate_schedule(cfg.train, self.steps_per_epoch)
+        state = train_lib.create_state(self.module, tx, cfg.train.seed, mesh)
+        shardings = train_lib.state_sharding(state, mesh)
+        self.ckpts = ckpt_lib.Checkpoints(storage.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+        self.start_epoch, self.start_step = 0, 0
+        restored = self.ckpts.restore_latest(state)
+        if restored is not None:
+            state, self.start_epoch, self.start_step, step = restored
+            state = jax.device_put(state, shardings)
+            msg = (f"resumed from step {step} (epoch {self.start_epoch + 1}, step {self.start_step} of the epoch) "
+                   f"in {workdir}")
+            logging.warning(msg)
+            if announce is not None and self.is_main:
+                announce(msg)
+        self.state = state
+        self.global_step = int(jax.device_get(state.step))
+        self.hist_path = storage.join(workdir, "history.json")
+        log_path = storage.join(workdir, "train_log.jsonl")
+        self.history = [h for h in (storage.read_json(self.hist_path) if storage.exists(self.hist_path) else [])
+                        if h["step"] <= self.global_step]
+        self.log_every = int(cfg.train.log_every_steps)
+        self.step_log = StepLog(log_path, _read_jsonl(log_path, self.global_step), enabled=self.is_main,
+                                flush_every=self.log_every)
+        if self.is_main:
+            storage.write_text(storage.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+        self.train_step = train_lib.make_train_step(self.module, tx, cfg.train, mesh, shardings, weights)
+        self.predict = evaluation.make_predict_fn(self.module, mesh)
+        self.writer = None
+        if self.is_main:
+            from rtpca_jax.tb_writer import EventWriter
+
+            self.writer = EventWriter(storage.join(workdir, "tb"))
+        from rtpca_jax.tb_writer import Profile
+
+        self.profile = Profile(cfg.train.get("profile_steps", "") if self.is_main else "", workdir)
+
+    def evaluate(self) -> dict:
+        preds = evaluation.predict_sequences(self.predict, self.state.params, self.test_seqs, self.frames,
+                                            self.cfg.eval.batch_size, self.mesh, flip_tta=self.cfg.eval.flip_tta)
+        return evaluation.score_sequences(self.test_seqs, preds)
+
+    def train_epoch(self, epoch: int, first: int, preempt: "_Preemption", bar) -> Optional[tuple[list, float]]:
+        """Steps ``first..steps_per_epoch`` of ``epoch``: ``(losses, seconds)``,
+        or None when SIGTERM stopped it (a checkpoint of the step is saved)."""
+        t0 = time.perf_counter()
+        losses: list[float] = []
+        pending: Optional[_Pending] = None
+        batches = train_lib.device_prefetch(self.data.epoch(epoch, start_step=first), self.mesh, size=2)
+        for epoch_step in range(first, self.steps_per_epoch):
+            p2, p3 = next(batches)
+            self.profile.before_step(self.global_step + 1)
+            self.state, m = self.train_step(self.state, p2, p3)
+            self.global_step += 1
+            self.profile.after_step(self.global_step, m)
+            if pending is not None:
+                self._log_step(pending, losses, bar, t0)
+            pending = _Pending(self.global_step, epoch, m, float(self.schedule(self.global_step - 1)),
+                               epoch_step + 1 - first)
+            if preempt.requested:
+                self._log_step(pending, losses, bar, t0)
+                self.step_log.save()  # before the checkpoint: the log may run ahead of it, never behind
+                self.ckpts.save(self.state, epoch=epoch, epoch_step=epoch_step + 1)
+                logging.warning("SIGTERM: saved step %d (epoch %d, step %d) and stopping", self.global_step,
+                                epoch, epoch_step + 1)
+                return None
+        if pending is not None:
+            self._log_step(pending, losses, bar, t0)
+        return losses, time.perf_counter() - t0
+
+    def _log_step(self, p: _Pending, losses: list, bar, t0: float) -> None:
+        m = {k: float(v) for k, v in jax.device_get(p.metrics).items()}
+        if not math.isfinite(m["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({m['loss']}) at step {p.step} (epoch {p.epoch + 1}); stopping. "
+                f"The last good checkpoint is kept; lower train.lr or set train.grad_clip_norm.")
+        losses.append(m["loss"])
+        self.step_log.add({"step": p.step, "epoch": p.epoch + 1, "loss": m["loss"], "lr": p.lr})
+        if self.writer is not None and p.step % self.log_every == 0:
+            self.writer.scalar("train/loss", m["loss"], p.step)
+            self.writer.scalar("train/lr", p.lr, p.step)
+        if bar is not None:
+            rate = p.done * self.cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{p.lr:.2e}", clips_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+
+    def end_epoch(self, epoch: int, steps: int, losses: list, train_s: float) -> tuple[dict, dict]:
+        """Evaluate, record, checkpoint and plot after an epoch: ``(record, scores)``."""
+        cfg = self.cfg
+        scores = self.evaluate()
+        rec = {
+            "epoch": epoch + 1, "step": self.global_step,
+            "loss": float(np.mean(losses)) if losses else None,
+            "lr": float(self.schedule(self.global_step)), "train_s": train_s,
+            "clips_per_s": steps * cfg.train.batch_size / max(train_s, 1e-9),
+            "val_mpjpe_mm": scores["mpjpe_mm"], "val_p_mpjpe_mm": scores["p_mpjpe_mm"],
+            "val_mpjve_mm": scores["mpjve_mm"],
+        }
+        self.history.append(rec)
+        logging.info("epoch %d/%d step %d: loss %.4f  val P1 %.1f mm  P2 %.1f mm  MPJVE %.2f mm  (%.0f clips/s)",
+                     epoch + 1, cfg.train.num_epochs, self.global_step, rec["loss"] or math.nan,
+                     rec["val_mpjpe_mm"], rec["val_p_mpjpe_mm"], rec["val_mpjve_mm"], rec["clips_per_s"])
+        last = epoch + 1 == cfg.train.num_epochs
+        self.step_log.save()
+        if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or last:
+            self.ckpts.save(self.state, epoch=epoch + 1, epoch_step=0, val_mpjpe_mm=scores["mpjpe_mm"])
+        if self.is_main:
+            storage.write_text(self.hist_path, json.dumps(self.history, indent=1))
+            for k in ("val_mpjpe_mm", "val_p_mpjpe_mm", "val_mpjve_mm"):
+                self.writer.scalar(k, rec[k], self.global_step)
+            self.writer.flush()
+            plot_curves(self.history, self.step_log.records(), storage.join(self.workdir, "training_curve.png"))
+        return rec, scores
+
+    def close(self) -> None:
+        self.profile.stop()
+        self.ckpts.close()
+        self.step_log.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: Optional[Callable[..., object]] = None,
                        on_epoch: Optional[Callable[[dict], None]] = None,
-                       announce: Optional[Callable[[str], None]] = None) -> dict:
+                       announce: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (resuming from ``workdir``), evaluating after every epoch.
 
     ``progress(total=n, initial=k, desc=...)`` may return a tqdm-like bar;
-    ``on_epoch(record)`` is called on the main process after every evaluation.
-    Returns ``{"status": "done" | "preempted", "history": [...], "final": {...}}``.
+    ``on_epoch(record)`` is called on the main process after every evaluation;
+    ``announce(message)`` tells the user that training resumed.
     Raises ``NonFiniteLossError`` naming the step on a NaN/inf loss (no
     checkpoint is written for it; the last good one stays).
     """
@@ -199,154 +382,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if data_location(cfg.data):
         storage.check_reachable(data_location(cfg.data), what="data")
     storage.makedirs(workdir)
-    is_main = jax.process_index() == 0
-    train_seqs = load_split(cfg.data, "train")
-    test_seqs = load_split(cfg.data, "test")
-    layout = get_layout(train_seqs[0].layout)
-    if layout.num_joints != cfg.model.num_joints:
-        raise ValueError(f"model.num_joints={cfg.model.num_joints} but the data ({cfg.data.source}) has "
-                         f"{layout.num_joints} joints ({layout.name})")
-    if len(cfg.train.joint_weights) != layout.num_joints:
-        raise ValueError(f"train.joint_weights has {len(cfg.train.joint_weights)} entries for "
-                         f"{layout.num_joints} joints")
-    module = model_lib.build(cfg.model)
-    frames = module.spec.num_frames
-    data = ClipDataset(train_seqs, frames, cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
-                       stride=cfg.data.get("clip_stride"))
-    steps_per_epoch = data.steps_per_epoch
-    if cfg.train.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-
-    mesh = train_lib.make_mesh()
-    if cfg.train.batch_size % mesh.devices.size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-                         f"{mesh.devices.size} devices")
-    tx = train_lib.make_optimizer(cfg.train, steps_per_epoch)
-    schedule = train_lib.learning_rate_schedule(cfg.train, steps_per_epoch)
-    state = train_lib.create_state(module, tx, cfg.train.seed, mesh)
-    shardings = train_lib.state_sharding(state, mesh)
-    ckpts = ckpt_lib.Checkpoints(storage.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
-    start_epoch, start_step = 0, 0
-    restored = ckpts.restore_latest(state)
-    if restored is not None:
-        state, start_epoch, start_step, step = restored
-        state = jax.device_put(state, shardings)
-        msg = f"resumed from step {step} (epoch {start_epoch + 1}, step {start_step} of the epoch) in {workdir}"
-        logging.warning(msg)
-        if announce is not None and is_main:
-            announce(msg)
-    global_step = int(jax.device_get(state.step))
-    log_path = storage.join(workdir, "train_log.jsonl")
-    hist_path = storage.join(workdir, "history.json")
-    log = _read_jsonl(log_path, global_step)
-    history = [h for h in (storage.read_json(hist_path) if storage.exists(hist_path) else [])
-               if h["step"] <= global_step]
-    log_every = max(1, int(cfg.train.get("log_every_steps", 10) or 10))
-    step_log = StepLog(log_path, log, enabled=is_main, flush_every=log_every)
-    if is_main:
-        storage.write_text(storage.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
-    train_step = train_lib.make_train_step(module, tx, cfg.train, mesh, shardings)
-    predict = evaluation.make_predict_fn(module, mesh)
-    writer = None
-    if is_main:
-        from rtpca_jax.tb_writer import EventWriter
-
-        writer = EventWriter(storage.join(workdir, "tb"))
-    from rtpca_jax.tb_writer import Profile
-
-    profile = Profile(cfg.train.get("profile_steps", "") if is_main else "", workdir)
-
-    def evaluate(params) -> dict:
-        preds = evaluation.predict_sequences(predict, params, test_seqs, frames, cfg.eval.batch_size, mesh,
-                                            flip_tta=cfg.eval.flip_tta)
-        return evaluation.score_sequences(test_seqs, preds)
-
-    status = "done"
-    final: dict = {}
+    run = _Run(cfg, workdir, announce)
+    status, final = "done", {}
     with _Preemption() as preempt:
-        for epoch in range(start_epoch, cfg.train.num_epochs):
-            first = start_step if epoch == start_epoch else 0
-            bar = progress(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}") \
-                if progress and is_main else None
-            ds = data.epoch(epoch, start_step=first)
-            t0 = time.perf_counter()
-            pending = None  # metrics of the previous step, read one step late
-            epoch_losses = []
-            it = train_lib.device_prefetch(ds, mesh, size=2)
-            for epoch_step in range(first, steps_per_epoch):
-                p2, p3 = next(it)
-                profile.before_step(global_step + 1)
-                state, m = train_step(state, p2, p3)
-                global_step += 1
-                profile.after_step(global_step, m)
-                if pending is not None:
-                    _consume(pending, step_log, epoch_losses, writer, bar, t0, log_every)
-                pending = (global_step, epoch, m, float(schedule(global_step - 1)), cfg.train.batch_size,
-                           epoch_step + 1 - first)
-                if preempt.requested:
-                    _consume(pending, step_log, epoch_losses, writer, bar, t0, log_every)
-                    step_log.save()  # before the checkpoint: the log may run ahead of it, never behind
-                    ckpts.save(state, epoch=epoch, epoch_step=epoch_step + 1)
-                    logging.warning("SIGTERM: saved step %d (epoch %d, step %d) and stopping", global_step,
-                                    epoch, epoch_step + 1)
-                    status = "preempted"
-                    break
-            if status == "preempted":
+        for epoch in range(run.start_epoch, cfg.train.num_epochs):
+            first = run.start_step if epoch == run.start_epoch else 0
+            bar = (progress(total=run.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}")
+                   if progress and run.is_main else None)
+            done = run.train_epoch(epoch, first, preempt, bar)
+            if done is None:
+                status = "preempted"
                 break
-            if pending is not None:
-                _consume(pending, step_log, epoch_losses, writer, bar, t0, log_every)
             if bar is not None:
                 bar.close()
-            train_time = time.perf_counter() - t0
-            scores = evaluate(state.params)
-            rec = {
-                "epoch": epoch + 1, "step": global_step,
-                "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-                "lr": float(schedule(global_step)), "train_s": train_time,
-                "clips_per_s": (steps_per_epoch - first) * cfg.train.batch_size / max(train_time, 1e-9),
-                "val_mpjpe_mm": scores["mpjpe_mm"], "val_p_mpjpe_mm": scores["p_mpjpe_mm"],
-                "val_mpjve_mm": scores["mpjve_mm"],
-            }
-            history.append(rec)
-            final = scores
-            logging.info("epoch %d/%d step %d: loss %.4f  val P1 %.1f mm  P2 %.1f mm  MPJVE %.2f mm  "
-                         "(%.0f clips/s)", epoch + 1, cfg.train.num_epochs, global_step, rec["loss"] or math.nan,
-                         rec["val_mpjpe_mm"], rec["val_p_mpjpe_mm"], rec["val_mpjve_mm"], rec["clips_per_s"])
-            if on_epoch is not None and is_main:
+            rec, final = run.end_epoch(epoch, run.steps_per_epoch - first, *done)
+            if on_epoch is not None and run.is_main:
                 on_epoch(rec)
-            last = epoch + 1 == cfg.train.num_epochs
-            step_log.save()
-            if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or last:
-                ckpts.save(state, epoch=epoch + 1, epoch_step=0, val_mpjpe_mm=scores["mpjpe_mm"])
-            if is_main:
-                storage.write_text(hist_path, json.dumps(history, indent=1))
-                for k in ("val_mpjpe_mm", "val_p_mpjpe_mm", "val_mpjve_mm"):
-                    writer.scalar(k, rec[k], global_step)
-                writer.flush()
-                plot_curves(history, step_log.records(),
-                            storage.join(workdir, "training_curve.png"))
-    profile.stop()
-    ckpts.close()
-    step_log.close()
-    if writer is not None:
-        writer.close()
-    return {"status": status, "history": history, "final": final, "module": module, "state": state,
-            "train": train_seqs, "test": test_seqs, "mesh": mesh}
-
-
-def _consume(pending, step_log, epoch_losses, writer, bar, t0, log_every) -> None:
-    step, epoch, m, lr, batch, done = pending
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not math.isfinite(m["loss"]):
-        raise NonFiniteLossError(
-            f"non-finite training loss ({m['loss']}) at step {step} (epoch {epoch + 1}); stopping. "
-            f"The last good checkpoint is kept; lower train.lr or set train.grad_clip_norm.")
-    epoch_losses.append(m["loss"])
-    step_log.add({"step": step, "epoch": epoch + 1, "loss": m["loss"], "lr": lr})
-    if writer is not None and step % log_every == 0:
-        writer.scalar("train/loss", m["loss"], step)
-        writer.scalar("train/lr", lr, step)
-    if bar is not None:
-        rate = done * batch / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.0f}", refresh=False)
-        bar.update(1)
+    run.close()
+    return TrainResult(status=status, history=run.history, final=final, module=run.module, state=run.state,
+                       train=run.train_seqs, test=run.test_seqs, mesh=run.mesh)

@@ -44,3 +44,12 @@ def test_torch_comparison_records(tmp_path):
     assert jax_rec["framework"].startswith("jax")
     assert torch_rec["flops_per_clip"] == jax_rec["flops_per_clip"] and torch_rec["batch"] == 2
     assert torch_rec["device"].startswith("cpu") and torch_rec["torch_matmul_peak_flops_per_s"] > 0
+
+
+def test_dotted_overrides_reach_the_benchmarked_model(tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--config.model.remat=True",
+                       "--config.model.attention_impl=einsum", "--case", "inference", "--batch", "2",
+                       "--reps", "1", "--json", str(out)]) == 0
+    (r,) = json.load(open(out))
+    assert r["remat"] is True and r["attention"] == "einsum"

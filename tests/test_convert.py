@@ -24,16 +24,11 @@ def _cli(*args):
 
 
 def _eval_model_path(directory):
-    """The model path eval.py takes for a converted directory."""
-    sys.path.insert(0, str(REPO))
-    try:
-        import eval as eval_script
-    finally:
-        sys.path.pop(0)
+    """The model eval.py loads for a converted directory (its config is the default one)."""
     from rtpca_jax.config_lib import load_config_file
 
     cfg = load_config_file(str(REPO / "configs" / "default.py"))
-    return eval_script.load_model_params(cfg, str(directory))
+    return convert.load_model(str(directory), model_config=cfg.model)
 
 
 @pytest.mark.parametrize("name", ["rtpca_small", "mixste_small"])

@@ -8,9 +8,11 @@ import pytest
 from conftest import REPO
 from rtpca_jax import experiments
 
-TINY = ["--set", "model.width=8", "--set", "model.depth=1", "--set", "model.num_heads=2",
-        "--set", "train.batch_size=8", "--set", "train.num_epochs=1", "--set", "train.max_steps_per_epoch=3",
-        "--set", "eval.batch_size=256", "--set", 'data.test_subjects=["washwindow_test_1"]']
+TINY = ["--config.model.width=8", "--config.model.depth=1", "--config.model.num_heads=2",
+        "--config.train.batch_size=8", "--config.train.num_epochs=1", "--config.train.max_steps_per_epoch=3",
+        "--config.eval.batch_size=256", "--config.data.split=subjects",
+        "--config.data.train_subjects=('walking_train_1','running_train_1','jumping_train_1')",
+        "--config.data.test_subjects", "('washwindow_test_1',)"]
 
 
 @pytest.mark.slow

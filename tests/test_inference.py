@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rtpca_jax import checkpoints, evaluation, inference, model, viz
+from rtpca_jax.convert import load_model
 from rtpca_jax.data import camera, sources
 from rtpca_jax.data.pipeline import clip_starts
 from rtpca_jax.data.skeleton import COCO17, H36M17
@@ -155,7 +156,7 @@ def test_malformed_inputs(tiny_ckpt, h36m_px, tmp_path):
 def test_cross_fade_has_no_jumps_at_window_borders(tiny_ckpt, h36m_px):
     """Frame-to-frame change at window borders is not larger than inside windows,
     unlike hard cuts between non-overlapping windows."""
-    module, params = inference.load_checkpoint(str(tiny_ckpt))
+    module, params = load_model(str(tiny_ckpt))
     pose2d = camera.normalize_screen(h36m_px, W, H).astype(np.float32)
     f = module.spec.num_frames
     soft = evaluation.predict_any_length(module, params, pose2d, flip=False)

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from rtpca_jax import losses, metrics
-from rtpca_jax.config_lib import H36M_JOINT_WEIGHTS
+from rtpca_jax.data.skeleton import H36M17
+
+H36M_JOINT_WEIGHTS = H36M17.joint_weights
 
 
 def _rot(axis, angle):

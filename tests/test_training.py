@@ -162,12 +162,44 @@ def test_missing_dataset_names_the_file(tmp_path):
 
 
 def test_presets_exist_for_every_dataset():
-    for name, source in [("rtpca_h36m_243", "h36m"), ("rtpca_h36m_cpn_243", "h36m"),
-                         ("rtpca_humaneva15_243", "humaneva15"), ("rtpca_3dhp_243", "mpi_inf_3dhp")]:
+    from rtpca_jax import config_lib
+    from rtpca_jax.data import skeleton
+
+    for name, source, layout in [("rtpca_h36m_243", "h36m", skeleton.H36M17),
+                                 ("rtpca_h36m_cpn_243", "h36m", skeleton.H36M17),
+                                 ("rtpca_humaneva15_243", "humaneva15", skeleton.HUMANEVA15),
+                                 ("rtpca_3dhp_243", "mpi_inf_3dhp", skeleton.MPI3DHP17)]:
         cfg = load_config_file(str(REPO / "configs" / f"{name}.py"))
-        assert cfg.data.source == source
-        model.resolve(cfg.model)
-        assert len(cfg.train.joint_weights) == cfg.model.num_joints
+        assert cfg.data.source == source and cfg.data.split == "subjects"
+        config_lib.validate(cfg)
+        assert layout.num_joints == cfg.model.num_joints
+        # the loss weights come from the joint layout
+        assert len(skeleton.loss_weights(layout, cfg.train.joint_weights)) == layout.num_joints
+    # 3DHP carries the H36M limb weights over by joint name
+    w = dict(zip(skeleton.MPI3DHP17.joints, skeleton.MPI3DHP17.joint_weights))
+    h36m = dict(zip(skeleton.H36M17.joints, OFFICIAL_H36M_WEIGHTS))
+    limbs = [f"{s}_{j}" for s in ("left", "right") for j in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")]
+    assert [w[j] for j in limbs] == [h36m[j] for j in limbs]
+
+
+OFFICIAL_H36M_WEIGHTS = (1, 1, 2.5, 2.5, 1, 2.5, 2.5, 1, 1, 1, 1.5, 1.5, 4, 4, 1.5, 4, 4)  # OFFICIAL_MODEL.md
+
+
+def test_h36m_layout_weights_are_the_official_ones():
+    from rtpca_jax.data import skeleton
+
+    assert skeleton.H36M17.joint_weights == OFFICIAL_H36M_WEIGHTS
+
+
+def test_joint_weights_are_the_layouts_unless_the_config_names_them():
+    from rtpca_jax.data import skeleton
+
+    assert skeleton.loss_weights(skeleton.H36M17) == skeleton.H36M17.joint_weights
+    assert skeleton.loss_weights(skeleton.H36M17, [2.0] * 17) == (2.0,) * 17
+    with pytest.raises(ValueError, match="train.joint_weights=.*17 non-negative weights"):
+        skeleton.loss_weights(skeleton.H36M17, [1.0] * 15)
+    with pytest.raises(ValueError, match="no training loss weights"):
+        skeleton.loss_weights(skeleton.COCO17)
 
 
 def test_padded_evaluation_batches_equal_unpadded_and_compile_few_shapes():
@@ -222,6 +254,8 @@ def test_profile_steps_are_validated(tmp_path):
     ("data.source", "h36", "data.source='h36': expected one of"),
     ("train.joint_weights", (1.0, 2.0), "train.joint_weights=.*17 non-negative weights"),
     ("data.clip_stride", -3, "data.clip_stride=-3: expected a positive integer or None"),
+    ("data.split", "official", "data.split='official': expected one of"),
+    ("data.source", "bvh", "data.split='builtin': expected \"subjects\" with data.source='bvh'"),
 ])
 def test_config_sections_are_validated_naming_the_field(tmp_path, field, value, message):
     from rtpca_jax import config_lib, train_loop
@@ -234,6 +268,42 @@ def test_config_sections_are_validated_naming_the_field(tmp_path, field, value, 
     with pytest.raises(ValueError, match=message):  # before any data is read or anything written
         train_loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
+
+
+def test_named_split_needs_names():
+    from rtpca_jax import config_lib
+
+    cfg = load_config_file(str(REPO / "configs" / "default.py"), ["data.split=subjects",
+                                                                   "data.test_subjects=('washwindow_test_1',)"])
+    with pytest.raises(ValueError, match='data.train_subjects=\\(\\): expected at least one name with data.split="subjects"'):
+        config_lib.validate(cfg)
+    cfg.data.train_subjects = ("walking_train_1",)
+    config_lib.validate(cfg)
+    from rtpca_jax.train_loop import load_split
+
+    assert {s.subject for s in load_split(cfg.data, "train")} == {"walking_train_1"}  # one clip, 4 cameras
+    assert {s.subject for s in load_split(cfg.data, "test")} == {"washwindow_test_1"}
+
+
+def test_every_command_reads_configs_through_config_flags(tmp_path):
+    """The argparse commands take --config FILE and --config.a.b=v as train.py does."""
+    from rtpca_jax import bench, config_lib, experiments
+    from rtpca_jax.model import summary
+
+    files, overrides, rest = config_lib.split_config_args(
+        ["--config", "a.py", "--case", "x", "--config.model.width=8", "--config.train.lr", "0.1", "--reps", "2"])
+    assert (files, overrides, rest) == (["a.py"], ["model.width=8", "train.lr=0.1"], ["--case", "x", "--reps", "2"])
+    cfg = load_config_file(str(REPO / "configs" / "default.py"), ["model.width=8", "data.flip=false"])
+    assert cfg.model.width == 8 and cfg.data.flip is False and cfg.is_locked
+    default = str(REPO / "configs" / "default.py")
+    for main, argv in ((summary.main, ["--config", default]),
+                       (bench.main, ["--config", default, "--case", "inference", "--batch", "1", "--reps", "1"]),
+                       (experiments.main, ["robustness", "--config", default, "--checkpoint", str(tmp_path),
+                                           "--workdir", str(tmp_path / "w")])):
+        with pytest.raises(ValueError, match="unknown field widht"):
+            load_config_file(default, ["model.widht=8"])
+        assert main(argv + ["--config.model.widht=8"]) == 2, main
+        assert not (tmp_path / "w").exists()
 
 
 def test_train_py_refuses_a_misspelt_config_field(tmp_path):

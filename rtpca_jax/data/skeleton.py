@@ -1,4 +1,5 @@
-"""Joint layouts: names, parents and the left/right pairs used by flips."""
+"""Joint layouts: names, parents, the left/right pairs used by flips, and the
+per-joint weights of the training loss."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ class Layout:
     left: tuple[int, ...]
     right: tuple[int, ...]
     root: int = 0
+    # Weights of the training loss's per-joint terms (the official code's: limb
+    # ends count more); None for layouts that are only ever an input.
+    joint_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.joint_weights is not None and len(self.joint_weights) != len(self.joints):
+            raise ValueError(f"layout {self.name}: {len(self.joint_weights)} joint weights for {len(self.joints)} joints")
 
     @property
     def num_joints(self) -> int:
@@ -41,6 +49,7 @@ H36M17 = Layout(
     (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15),
     left=(4, 5, 6, 11, 12, 13),
     right=(1, 2, 3, 14, 15, 16),
+    joint_weights=(1, 1, 2.5, 2.5, 1, 2.5, 2.5, 1, 1, 1, 1.5, 1.5, 4, 4, 1.5, 4, 4),
 )
 
 # Human3.6M's 32 mocap joints reduce to the 17 above by keeping these.
@@ -54,6 +63,7 @@ HUMANEVA15 = Layout(
     (-1, 0, 1, 2, 3, 1, 5, 6, 0, 8, 9, 0, 11, 12, 1),
     left=(2, 3, 4, 8, 9, 10),
     right=(5, 6, 7, 11, 12, 13),
+    joint_weights=(1, 1, 2.5, 2.5, 1, 2.5, 2.5, 1, 1.5, 1.5, 4, 4, 1.5, 4, 4),
 )
 
 # MPI-INF-3DHP's 17 evaluation joints in the order of the MixSTE / P-STMO files;
@@ -67,6 +77,8 @@ MPI3DHP17 = Layout(
     left=(5, 6, 7, 11, 12, 13),
     right=(2, 3, 4, 8, 9, 10),
     root=14,
+    # the H36M weights carried over by joint: limb ends 4, elbows/knees 2.5 or 1.5
+    joint_weights=(1, 1, 1.5, 4, 4, 1.5, 4, 4, 1, 2.5, 2.5, 1, 2.5, 2.5, 1, 1, 1),
 )
 
 COCO17 = Layout(
@@ -86,6 +98,18 @@ def get_layout(name: str) -> Layout:
     if name not in LAYOUTS:
         raise ValueError(f"unknown joint layout {name!r}; known: {sorted(LAYOUTS)}")
     return LAYOUTS[name]
+
+
+def loss_weights(layout: Layout, override=None) -> tuple[float, ...]:
+    """The training loss's per-joint weights: ``override`` (a config's
+    ``train.joint_weights``) when given, else the layout's own."""
+    weights = layout.joint_weights if override is None else tuple(override)
+    if weights is None:
+        raise ValueError(f"joint layout {layout.name} has no training loss weights; set train.joint_weights")
+    if len(weights) != layout.num_joints or any(w < 0 for w in weights):
+        raise ValueError(f"train.joint_weights={tuple(weights)!r}: expected {layout.num_joints} non-negative weights, "
+                         f"one per joint of {layout.name}")
+    return tuple(float(w) for w in weights)
 
 
 def flip_pose(pose: np.ndarray, layout: Layout) -> np.ndarray:

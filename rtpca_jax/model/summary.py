@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rtpca_jax import model as model_lib
-from rtpca_jax.config_lib import load_config_file
+from rtpca_jax.config_lib import load_config_file, split_config_args
 
 
 def params_per_module(params, depth: int = 1) -> "OrderedDict[str, int]":
@@ -47,11 +47,19 @@ def flops_per_clip(module, params, batch: int = 1, train: bool = False) -> float
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="experiment config file (configs/*.py)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="--config FILE (required) and --config.SECTION.KEY=VALUE overrides, read as "
+                                        "train.py reads them")
     ap.add_argument("--depth", type=int, default=1, help="tree levels to group parameters by")
-    args = ap.parse_args(argv)
-    cfg = load_config_file(args.config)
+    try:
+        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
+        args = ap.parse_args(rest)
+        if len(files) != 1:
+            raise ValueError(f"expected one --config FILE, got {len(files)}")
+        cfg = load_config_file(files[0], overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     module = model_lib.build(cfg.model)
     s = module.spec
     params = jax.eval_shape(lambda: model_lib.init_params(module, jax.random.PRNGKey(0)))

@@ -15,6 +15,7 @@ import numpy as np
 
 from rtpca_jax import model, train_lib
 from rtpca_jax.config_lib import base_config
+from rtpca_jax.data import skeleton
 from rtpca_jax.runtime import start
 
 
@@ -42,7 +43,8 @@ def main(out, source=None):
     mesh = train_lib.make_mesh()
     tx = train_lib.make_optimizer(cfg.train, 10)
     state = train_lib.create_state(module, tx, 0, mesh)
-    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh))
+    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh),
+                                     skeleton.H36M17.joint_weights)
     init = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), state.params)
     rng = np.random.default_rng(0)
     batch = 8
