@@ -120,6 +120,17 @@ def memory_bytes(compiled) -> dict:
 
 
 def _peak_rss() -> int:
+    """Peak resident memory of this process: Linux's ``VmHWM`` (the address
+    space's high-water mark, which starts afresh at exec).  ``ru_maxrss`` is
+    the fallback elsewhere; on Linux it is kept across fork and exec, so a
+    worker started by a big process would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
