@@ -374,7 +374,7 @@ def main(argv=None) -> int:
     from rtpca_jax.runtime import start
 
     start()
-    from rtpca_jax.config_lib import load_config_file, split_config_args
+    from rtpca_jax.config_lib import load_config_file, parse_command_line
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.bench", description=__doc__.split("\n\n")[0],
                                  epilog="--config FILE (repeatable; default: default.py and the paper preset) and "
@@ -395,10 +395,11 @@ def main(argv=None) -> int:
                          "network, needs the torch extra; model.dtype=bfloat16 runs it under autocast, remat and "
                          "attention_impl apply to JAX only) and print the JAX/PyTorch speed ratio")
     try:
-        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
-        a = ap.parse_args(rest)
+        line = parse_command_line(ap, argv, min_configs=0, max_configs=64)
+        a, files, overrides = line.args, line.files, line.overrides
         configs = files or [os.path.join(REPO_CONFIGS, c) for c in DEFAULT_CASES]
-        dtypes = {load_config_file(c, overrides).model.dtype or "float32" for c in configs}  # checks each early
+        loaded = line.configs or [load_config_file(c) for c in configs]
+        dtypes = {c.model.dtype or "float32" for c in loaded}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ An experiment config is a ``ConfigDict`` with sections ``model`` (see
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import ml_collections
 
@@ -125,6 +125,34 @@ def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[s
         else:
             rest.append(a)
     return files, overrides, rest
+
+
+class CommandLine(NamedTuple):
+    args: Any  # the argparse namespace of the command's own options
+    files: list[str]  # the --config files, in order
+    overrides: list[str]  # "section.key=value", applied to every file
+    configs: list[ml_collections.ConfigDict]  # each file loaded with the overrides
+
+
+def parse_command_line(parser, argv: Optional[Sequence[str]] = None, *, min_configs: int = 1,
+                       max_configs: int = 1) -> CommandLine:
+    """An argparse command's line with ``--config`` words in it: the config
+    files are loaded (checked) here, as ``train.py`` loads its one.
+
+    Raises:
+      ValueError: too few or too many ``--config`` files, overrides without a
+        file, or a file or override :func:`load_config_file` refuses.
+    """
+    import sys
+
+    files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
+    if not min_configs <= len(files) <= max_configs:
+        want = f"{min_configs}" if min_configs == max_configs else f"{min_configs} to {max_configs}"
+        raise ValueError(f"expected {want} --config FILE, got {len(files)}")
+    if overrides and not files:
+        raise ValueError(f"--config.{overrides[0]}: an override needs a --config FILE")
+    args = parser.parse_args(rest)
+    return CommandLine(args, files, overrides, [load_config_file(f, overrides) for f in files])
 
 
 SOURCES = ("h36m", "humaneva15", "mpi_inf_3dhp", "cmu", "bvh", "custom", "tfds")

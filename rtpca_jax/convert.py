@@ -489,20 +489,17 @@ def main(argv=None) -> int:
     tt.add_argument("--out", required=True)
     tt.add_argument("--no-prefix", action="store_true", help="keys without the 'module.' prefix")
     from rtpca_jax import checkpoints, storage
-    from rtpca_jax.config_lib import load_config_file, split_config_args
+    from rtpca_jax.config_lib import parse_command_line
 
     try:
-        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
-        if len(files) > 1 or (overrides and not files):
-            raise ValueError("expected at most one --config FILE (and overrides only with one)")
+        args, _, _, configs = parse_command_line(ap, argv, min_configs=0, max_configs=1)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    args = ap.parse_args(rest)
+    # to-jax: the model section describing the weights (default: inferred from them);
+    # to-torch: default the model_config.json / config.json of the directory
+    model_config = configs[0].model if configs else None
     try:
-        # to-jax: the model section describing the weights (default: inferred from them);
-        # to-torch: default the model_config.json / config.json of the directory
-        model_config = load_config_file(files[0], overrides).model if files else None
         storage.check_reachable(args.checkpoint if args.cmd == "to-jax" else args.directory, what="input")
         storage.check_reachable(args.out, what="output")
         if args.cmd == "to-jax":

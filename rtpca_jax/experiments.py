@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     from rtpca_jax.runtime import start
 
     start()
-    from rtpca_jax.config_lib import load_config_file, split_config_args
+    from rtpca_jax.config_lib import parse_command_line
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.experiments", description=__doc__.split("\n\n")[0],
                                  epilog="every command takes --config FILE and --config.SECTION.KEY=VALUE overrides, "
@@ -353,14 +353,11 @@ def main(argv=None) -> int:
         else:
             p.add_argument("--checkpoint", required=True)
     try:
-        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
-        a = ap.parse_args(rest)
-        if len(files) != 1:
-            raise ValueError(f"expected one --config FILE, got {len(files)}")
-        cfg = load_config_file(files[0], overrides)
+        line = parse_command_line(ap, argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    a, cfg = line.args, line.configs[0]
     try:
         storage.check_reachable(a.workdir, what="work directory")
         if getattr(a, "checkpoint", None):

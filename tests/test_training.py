@@ -293,6 +293,12 @@ def test_every_command_reads_configs_through_config_flags(tmp_path):
     files, overrides, rest = config_lib.split_config_args(
         ["--config", "a.py", "--case", "x", "--config.model.width=8", "--config.train.lr", "0.1", "--reps", "2"])
     assert (files, overrides, rest) == (["a.py"], ["model.width=8", "train.lr=0.1"], ["--case", "x", "--reps", "2"])
+    import argparse
+
+    with pytest.raises(ValueError, match="an override needs a --config FILE"):
+        config_lib.parse_command_line(argparse.ArgumentParser(), ["--config.model.width=3"], min_configs=0)
+    with pytest.raises(ValueError, match="expected 1 --config FILE, got 2"):
+        config_lib.parse_command_line(argparse.ArgumentParser(), ["--config", "a.py", "--config", "b.py"])
     cfg = load_config_file(str(REPO / "configs" / "default.py"), ["model.width=8", "data.flip=false"])
     assert cfg.model.width == 8 and cfg.data.flip is False and cfg.is_locked
     default = str(REPO / "configs" / "default.py")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rtpca_jax import model as model_lib
-from rtpca_jax.config_lib import load_config_file, split_config_args
+from rtpca_jax.config_lib import parse_command_line
 
 
 def params_per_module(params, depth: int = 1) -> "OrderedDict[str, int]":
@@ -52,11 +52,7 @@ def main(argv=None) -> int:
                                         "train.py reads them")
     ap.add_argument("--depth", type=int, default=1, help="tree levels to group parameters by")
     try:
-        files, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
-        args = ap.parse_args(rest)
-        if len(files) != 1:
-            raise ValueError(f"expected one --config FILE, got {len(files)}")
-        cfg = load_config_file(files[0], overrides)
+        args, _, _, (cfg,) = parse_command_line(ap, argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
