@@ -55,18 +55,22 @@ def eval_clips(pose2d: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]
     return pose2d[index], index
 
 
+def _real_frames(idx: np.ndarray) -> np.ndarray:
+    """Mask of a clip's positions that are real frames: edge padding repeats
+    the last index, so each frame counts at its first position only."""
+    _, first = np.unique(idx, return_index=True)
+    mask = np.zeros(len(idx), bool)
+    mask[first] = True
+    return mask
+
+
 def stitch(pred: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:
     """Per-frame predictions from clip predictions ``pred[N, frames, ...]``: each
     frame takes the first clip that covers it (padding positions are dropped)."""
     out = np.zeros((length,) + pred.shape[2:], pred.dtype)
     filled = np.zeros(length, bool)
     for clip, idx in zip(pred, index):
-        take = ~filled[idx]
-        # a padded index repeats T-1; keep only its first occurrence
-        _, first = np.unique(idx, return_index=True)
-        mask = np.zeros(len(idx), bool)
-        mask[first] = True
-        take &= mask
+        take = ~filled[idx] & _real_frames(idx)
         out[idx[take]] = clip[take]
         filled[idx[take]] = True
     return out
@@ -82,10 +86,9 @@ def crossfade(pred: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:
     acc = np.zeros((length,) + pred.shape[2:])
     wsum = np.zeros(length)
     for clip, idx in zip(pred, index):
-        # each real frame once per window (edge padding repeats the last index)
-        _, first = np.unique(idx, return_index=True)
-        np.add.at(acc, idx[first], clip[first] * w[first, None, None])
-        np.add.at(wsum, idx[first], w[first])
+        real = _real_frames(idx)
+        np.add.at(acc, idx[real], clip[real] * w[real, None, None])
+        np.add.at(wsum, idx[real], w[real])
     return (acc / wsum[:, None, None]).astype(np.float32)
 
 
