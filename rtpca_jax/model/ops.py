@@ -10,6 +10,10 @@ surrounding layers keep anyway) and per-row statistics; the probabilities of
 attention are saved once.  The outputs are the same functions; the gradients
 are the textbook closed forms (checked against autodiff by
 ``tests/test_ops.py``).
+
+What the backward passes recompute (the normalised values, ``erf``) starts
+from :func:`after` of the cotangent, else XLA would merge it with the forward
+pass's copy and keep that copy alive until the backward pass.
 """
 
 from __future__ import annotations
@@ -24,6 +28,24 @@ import jax.numpy as jnp
 
 def _stat_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def after(x: jax.Array, g: jax.Array) -> jax.Array:
+    """``x``, made to depend on all of the cotangent ``g``: ``x + 0 * max(g)``
+    (XLA keeps ``a * 0`` for floats because of NaN; a reduction over all of
+    ``g``, so that no part of the recomputation can start before the whole
+    of ``g`` is known).
+
+    A backward pass that recomputes from ``after(x, g)`` computes it when
+    ``g`` exists, not in the forward pass; and XLA cannot merge it with the
+    same expression of the forward pass.  Without this, XLA:CPU (which
+    drops ``optimization_barrier`` before common-subexpression elimination)
+    merges the recomputation with the forward pass's and keeps the result
+    alive from the forward pass to the backward pass: the memory that the
+    recomputation was meant to save.  An infinite or NaN ``g`` makes the
+    recomputation NaN; such a gradient is not finite anyway.
+    """
+    return x + (jnp.max(g) * 0).astype(x.dtype)
 
 
 # ---------------------------------------------------------------- layer norm
@@ -60,6 +82,10 @@ def _reduce_to(g: jax.Array, shape: tuple) -> jax.Array:
 def _normalize_bwd(axis, eps, res, dy):
     x, mean, rstd, scale, bias = res
     dt = mean.dtype
+    # gate the small statistics, not x: XLA:CPU's reduction fusion writes the
+    # forward pass's mean and rstd out broadcast to x's shape, and a backward
+    # pass built from the same expressions would reuse (and keep) those
+    mean, rstd = after(mean, dy), after(rstd, dy)
     xhat = (x.astype(dt) - mean) * rstd
     dy = dy.astype(dt)
     dscale = _reduce_to(dy * xhat, scale.shape).astype(scale.dtype)
@@ -110,7 +136,7 @@ def _gelu_fwd(x):
 
 def _gelu_bwd(x, dy):
     dt = _stat_dtype(x.dtype)
-    xs = x.astype(dt)
+    xs = after(x, dy).astype(dt)
     cdf = (jax.lax.erf(xs * _INV_SQRT2) + 1) / 2
     pdf = jnp.exp(-0.5 * xs * xs) * _INV_SQRT_2PI
     return ((dy.astype(dt) * (cdf + xs * pdf)).astype(x.dtype),)
@@ -130,31 +156,43 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
     """``softmax(scale * q k^T) v`` for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``;
     the softmax in float32 or wider.  The gradient saves the probabilities
-    (in the compute dtype) besides its inputs."""
+    (in the compute dtype) besides its inputs.
+
+    The scale multiplies the queries, not the logits (exact when it is a
+    power of two, as for head size 64): XLA:CPU hands a scalar factor of
+    the ``[N, H, T, S]`` logits to its matmul library as a materialised
+    ``[N, H, T, S]`` constant, which the backward pass would keep alive."""
     return _attention_fwd(q, k, v, scale)[0]
 
 
-def _probs(q, k, scale):
-    logits = jnp.einsum("nthd,nshd->nhts", q, k, preferred_element_type=_stat_dtype(q.dtype))
-    return jax.nn.softmax(logits * scale, axis=-1)
+def _probs(qs, k):
+    """``softmax(qs k^T)`` as ``exp(logits - logsumexp)``: the exponential is
+    in the fusion that writes the probabilities, so XLA does not rebuild them
+    in the backward pass from a kept ``exp(logits - max)`` and ``1 / sum``
+    (a cheap product it would duplicate, keeping two arrays alive for one)."""
+    logits = jnp.einsum("nthd,nshd->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
+    return jnp.exp(logits - lse)
 
 
 def _attention_fwd(q, k, v, scale):
-    p = _probs(q, k, scale).astype(v.dtype)
+    qs = q * jnp.asarray(scale, q.dtype)
+    p = _probs(qs, k).astype(v.dtype)
     out = jnp.einsum("nhts,nshd->nthd", p, v)
-    return out, (q, k, v, p)
+    return out, (qs, k, v, p)
 
 
 def _attention_bwd(scale, res, dout):
-    q, k, v, p = res
-    dt = _stat_dtype(q.dtype)
+    qs, k, v, p = res
+    dt = _stat_dtype(qs.dtype)
     dout = dout.astype(v.dtype)
     dv = jnp.einsum("nhts,nthd->nshd", p, dout)
     dp = jnp.einsum("nthd,nshd->nhts", dout, v, preferred_element_type=dt)
     pf = p.astype(dt)
-    ds = (pf * (dp - jnp.sum(pf * dp, axis=-1, keepdims=True)) * scale).astype(q.dtype)
-    dq = jnp.einsum("nhts,nshd->nthd", ds, k)
-    dk = jnp.einsum("nhts,nthd->nshd", ds, q)
+    ds = (pf * (dp - jnp.sum(pf * dp, axis=-1, keepdims=True))).astype(qs.dtype)
+    dq = jnp.einsum("nhts,nshd->nthd", ds, k) * jnp.asarray(scale, qs.dtype)
+    dk = jnp.einsum("nhts,nthd->nshd", ds, qs)
     return dq, dk, dv
 
 
