@@ -53,3 +53,21 @@ def test_dotted_overrides_reach_the_benchmarked_model(tmp_path):
                        "--reps", "1", "--json", str(out)]) == 0
     (r,) = json.load(open(out))
     assert r["remat"] is True and r["attention"] == "einsum"
+
+
+def test_remat_saves_memory_in_the_compiled_step():
+    """XLA's own analysis of the compiled training step (not JAX's count of
+    saved residuals): each further depth unit costs the plain step a block's
+    activations, the rematerialised one little more than its inputs.  Under
+    ``nn.remat`` XLA:CPU merged the re-run with the forward pass and the
+    increment stayed the same (README, Memory)."""
+    config = str(REPO / "configs" / "default.py")
+
+    def temp(depth, *remat):
+        size = ["model.num_frames=81", "model.width=64", f"model.depth={depth}"]
+        c = bench.compile_case(config, "train_step", 16, size + list(remat))
+        return bench.memory_bytes(c.compiled)["xla_temp_bytes"]
+
+    plain = temp(2) - temp(1)
+    remat = temp(2, "model.remat=True") - temp(1, "model.remat=True")
+    assert 0 < remat < plain / 3

@@ -140,6 +140,36 @@ def test_remat_gives_same_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * scale)
 
 
+@pytest.mark.parametrize("blocks", ["all", "temporal"])
+def test_remat_in_training_differentiates_its_own_forward_pass(blocks):
+    """Dropout and drop path on: the re-run blocks must draw the forward
+    pass's masks, so the gradient is the derivative of the very loss the
+    forward pass computed (central difference along a random direction,
+    float64), and the loss is the same with and without a gradient."""
+    with jax.enable_x64(True):
+        m = model.build({**SMALL, "variant": "rtpca", "num_frames": 27, "remat": True, "remat_blocks": blocks,
+                         "drop_rate": 0.2, "drop_path_rate": 0.3, "param_dtype": "float64"})
+        p = random_params(m)
+        x = _x(m).astype(jnp.float64)
+        rng = jax.random.PRNGKey(3)
+
+        def loss(p, train=True):
+            return jnp.sum(m.apply({"params": p}, x, train=train, rngs={"dropout": rng}) ** 2)
+
+        value, g = jax.jit(jax.value_and_grad(loss))(p)
+        f = jax.jit(loss, static_argnums=1)
+        assert float(value) == pytest.approx(float(f(p)), rel=1e-12)
+        assert abs(float(f(p, False)) - float(value)) > 1e-3 * abs(float(value))  # the masks are on
+        leaves, tree = jax.tree_util.tree_flatten(p)
+        r = np.random.default_rng(0)
+        d = jax.tree_util.tree_unflatten(tree, [r.normal(size=a.shape) for a in leaves])
+        eps = 1e-6
+        shift = lambda sign: jax.tree_util.tree_map(lambda a, b: a + sign * eps * b, p, d)  # noqa: E731
+        numeric = (float(f(shift(1))) - float(f(shift(-1)))) / (2 * eps)
+        analytic = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(d)))
+        assert analytic == pytest.approx(numeric, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "cfg,match",
     [
@@ -155,6 +185,7 @@ def test_remat_gives_same_gradients():
         (dict(variant="rtpca", widht=32), "unknown"),
         (dict(variant="rtpca", attention_impl="magic"), "attention_impl"),
         (dict(variant="rtpca", temporal_layout="sideways"), "temporal_layout"),
+        (dict(variant="rtpca", remat=True, remat_blocks="spatial"), "remat_blocks"),
     ],
 )
 def test_invalid_configs_raise(cfg, match):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rtpca_jax.model import ops
-from rtpca_jax.model.attention import KV, Attention, pool_kv
+from rtpca_jax.model.attention import KV, Attention
 from rtpca_jax.model.spec import ModelSpec
 
 
@@ -52,23 +52,21 @@ class Block(nn.Module):
     """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` over ``x[N, L, *G, C]``
     (attention along axis 1, see :class:`Attention`).
 
-    ``tpca``: keys/values from the TPCA pyramid.  ``xlr_in``: pool the
-    keys/values handed over by the previous block and append them.
-    Returns ``(x, kv)`` where ``kv`` is what this block hands on.
+    ``tpca``: keys/values from the TPCA pyramid.  ``extra_kv``: keys/values
+    handed over by the previous block, already pooled (XLR), appended to the
+    block's own.  Returns ``(x, kv)`` where ``kv`` is what this block hands on.
     """
 
     spec: ModelSpec
     drop_path_rate: float = 0.0
     tpca: bool = False
-    xlr_in: bool = False
     train: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, prev_kv: Optional[KV] = None) -> tuple[jax.Array, KV]:
+    def __call__(self, x: jax.Array, extra_kv: Optional[KV] = None) -> tuple[jax.Array, KV]:
         s = self.spec
         h = layer_norm(s, s.block_ln_eps, "norm1")(x)
-        extra = pool_kv(prev_kv, s.xlr_len) if self.xlr_in else None
-        a, kv = Attention(s, tpca=self.tpca, train=self.train, name="attn")(h, extra)
+        a, kv = Attention(s, tpca=self.tpca, train=self.train, name="attn")(h, extra_kv)
         x = x + drop_path(self, a, self.drop_path_rate, self.train)
         m = Mlp(s, train=self.train, name="mlp")(layer_norm(s, s.block_ln_eps, "norm2")(x))
         x = x + drop_path(self, m, self.drop_path_rate, self.train)
@@ -76,3 +74,44 @@ class Block(nn.Module):
             length = x.shape[1]
             kv = (kv[0][:, :length], kv[1][:, :length])
         return x, kv
+
+
+
+def rematerialised(block: Block) -> Callable:
+    """``block(x, extra_kv)`` that keeps only its inputs (and parameters) for
+    the backward pass and runs the block again there, with plain gradients.
+
+    Unlike ``nn.remat`` (``jax.checkpoint``) this survives XLA:CPU, which
+    drops the optimisation barriers that keep a rematerialisation apart
+    from the forward pass and then merges the two: the re-run starts from
+    :func:`rtpca_jax.model.ops.after` of the cotangent, so it can neither be
+    merged with the forward pass nor scheduled before the backward pass
+    reaches the block.  Dropout draws one key per block in the forward pass
+    and hands it to the re-run, so both see the same masks.
+    """
+    pure = block.clone(parent=None, name=None)
+
+    def run(params, x, extra_kv, key):
+        return pure.apply({"params": params}, x, extra_kv, rngs=None if key is None else {"dropout": key})
+
+    def forward(mdl: Block, x, extra_kv):
+        params = mdl.variables["params"]
+        key = mdl.make_rng("dropout") if mdl.train else None
+        return run(params, x, extra_kv, key), (params, x, extra_kv, key)
+
+    def backward(residuals, g):
+        params, x, extra_kv, key = residuals
+        x = ops.after(x, g[0])  # re-run the block only once its output's cotangent exists
+        _, vjp = jax.vjp(lambda p, x, e: run(p, x, e, key), params, x, extra_kv)
+        dparams, dx, dextra = vjp(g)
+        # hand the input's cotangent on only with all parameter gradients done,
+        # else the previous block re-runs while this one's activations wait
+        # for its weight gradients
+        done = jnp.stack([jnp.max(t) for t in jax.tree_util.tree_leaves(dparams)])
+        return {"params": dparams}, ops.after(dx, done), dextra
+
+    def call(mdl: Block, x, extra_kv):  # without a gradient: the same masks as ``forward``
+        return mdl(x, extra_kv) if mdl.is_initializing() else forward(mdl, x, extra_kv)[0]
+
+    wrapped = nn.custom_vjp(call, forward_fn=forward, backward_fn=backward)
+    return lambda x, extra_kv=None: wrapped(block, x, extra_kv)

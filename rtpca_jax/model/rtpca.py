@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rtpca_jax.model.blocks import Block, layer_norm
+from rtpca_jax.model.attention import pool_kv
+from rtpca_jax.model.blocks import Block, layer_norm, rematerialised
 from rtpca_jax.model.spec import ModelSpec
 
 
@@ -37,7 +38,11 @@ class PoseTransformer(nn.Module):
         x = x + spatial_pos.astype(x.dtype)
         x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
 
-        block_cls = nn.remat(Block) if s.remat else Block
+        def block(name: str, rate: float, temporal: bool):
+            b = Block(s, rate, tpca=temporal and s.tpca, train=train, name=name)
+            remat = s.remat and (temporal or s.remat_blocks == "all")
+            return rematerialised(b) if remat else b
+
         rates = np.linspace(0.0, s.drop_path_rate, s.depth) if s.depth > 1 else [0.0]
         spatial_norm = layer_norm(s, s.block_ln_eps, "spatial_norm")
         temporal_norm = layer_norm(s, s.block_ln_eps, "temporal_norm")
@@ -46,7 +51,7 @@ class PoseTransformer(nn.Module):
         for i in range(s.depth):
             # Spatial stream: the free reshape to B*F sequences of J joints.
             x = x.reshape(b * f, j, c)
-            x, _ = block_cls(s, float(rates[i]), train=train, name=f"spatial_block_{i}")(x)
+            x, _ = block(f"spatial_block_{i}", float(rates[i]), temporal=False)(x)
             x = spatial_norm(x)
             # Temporal stream, sequences of F frames, one per (clip, joint):
             # either transposed to [B*J, F, C], or left as [B, F, J, C] with
@@ -60,11 +65,8 @@ class PoseTransformer(nn.Module):
             if i == 0:
                 x = x + pos
                 x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
-            xlr_in = s.xlr and i > 0
-            x, kv = block_cls(
-                s, float(rates[i]), tpca=s.tpca, xlr_in=xlr_in, train=train,
-                name=f"temporal_block_{i}",
-            )(x, prev_kv if xlr_in else None)
+            extra = pool_kv(prev_kv, s.xlr_len) if s.xlr and i > 0 else None
+            x, kv = block(f"temporal_block_{i}", float(rates[i]), temporal=True)(x, extra)
             prev_kv = kv if s.xlr else None
             x = temporal_norm(x)
             if not grouped:
