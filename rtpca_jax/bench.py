@@ -259,7 +259,9 @@ def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: f
     proc = subprocess.run([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
                           input=job, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"PyTorch benchmark failed:\n{proc.stderr[-3000:]}")
+        why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else \
+            f"exit {proc.returncode}"
+        raise RuntimeError(f"PyTorch benchmark failed: {why}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -371,9 +373,9 @@ def _row(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from rtpca_jax.runtime import start
+    from rtpca_jax import runtime
 
-    start()
+    runtime.start()
     from rtpca_jax.config_lib import load_config_file, parse_command_line
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.bench", description=__doc__.split("\n\n")[0],
@@ -447,6 +449,7 @@ def main(argv=None) -> int:
                 records.append(r)
                 print(_row(r), flush=True)
                 if a.torch:
+                    runtime.release_host_memory()  # the worker must not stack on this process's peak
                     t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], device=torch_device,
                                          dtype=peak_dtype, overrides=overrides)
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
