@@ -96,7 +96,9 @@ def rematerialised(block: Block) -> Callable:
 
     def forward(mdl: Block, x, extra_kv):
         params = mdl.variables["params"]
-        key = mdl.make_rng("dropout") if mdl.train else None
+        s = mdl.spec
+        random = mdl.train and max(s.drop_rate, s.attn_drop_rate, mdl.drop_path_rate) > 0
+        key = mdl.make_rng("dropout") if random else None
         return run(params, x, extra_kv, key), (params, x, extra_kv, key)
 
     def backward(residuals, g):
