@@ -60,7 +60,7 @@ def test_remat_saves_memory_in_the_compiled_step():
     saved residuals): each further depth unit costs the plain step a block's
     activations, the rematerialised one little more than its inputs.  Under
     ``nn.remat`` XLA:CPU merged the re-run with the forward pass and the
-    increment stayed the same (README, Memory)."""
+    increment stayed the same (README, "Remat on XLA:CPU")."""
     config = str(REPO / "configs" / "default.py")
 
     def temp(depth, *remat):

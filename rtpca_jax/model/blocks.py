@@ -76,7 +76,6 @@ class Block(nn.Module):
         return x, kv
 
 
-
 def rematerialised(block: Block) -> Callable:
     """``block(x, extra_kv)`` that keeps only its inputs (and parameters) for
     the backward pass and runs the block again there, with plain gradients.

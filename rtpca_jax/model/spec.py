@@ -70,8 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Rematerialisation: keep only each block's input for the backward pass
     # and run the block again there (model/blocks.py: rematerialised).
     # remat_blocks: "all", or only the "temporal" blocks (paper preset on a
-    # 2-core CPU, batch 1: half the step's temporary memory for 9% more time,
-    # against a quarter for 33% with "all"; README, Memory).
+    # 2-core CPU: half the step's temporary memory for 17-21% more time,
+    # against 28% of it for 27-29% with "all"; README, "Remat on XLA:CPU").
     c.remat = False
     c.remat_blocks = "all"
     # How the temporal stream sees the [B, F, J, C] activations: "transposed"
