@@ -32,12 +32,21 @@ def attend(
     explicit form with a gradient that saves the probabilities once); ``xla``
     and ``cudnn`` go through ``jax.nn.dot_product_attention`` with that
     implementation; ``einsum`` is the explicit form under plain autodiff.
-    Attention dropout always takes the explicit form.
+    Attention dropout always takes the explicit form.  cuDNN's fused kernel
+    trains only on even sequence lengths: ``cudnn`` pads odd ones (243
+    frames, 17 joints) by one masked token; shapes it refuses all the same
+    (head sizes that are not a multiple of 8) take the ``auto`` form, so
+    ``cudnn`` means "cuDNN wherever it runs".
     """
     scale = q.shape[-1] ** -0.5
     dropout = dropout_rate > 0 and dropout_rng is not None
     if impl in ("xla", "cudnn") and not dropout:
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+        try:
+            return fused_attention(q, k, v, scale, impl, pad_to=2 if impl == "cudnn" else 1)
+        except NotImplementedError:  # raised while tracing: shapes cuDNN does not take
+            if impl == "xla":
+                raise
+            impl = "auto"
     if impl == "auto" and not dropout:
         return ops.softmax_attention(q, k, v, scale)
     logits = jnp.einsum("nthd,nshd->nhts", q, k) * jnp.asarray(scale, q.dtype)
@@ -47,6 +56,24 @@ def attend(
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(v.dtype)
     return jnp.einsum("nhts,nshd->nthd", probs, v)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, impl: str, pad_to: int = 1):
+    """``jax.nn.dot_product_attention`` with the query and key sequences
+    padded to a multiple of ``pad_to``; padded keys are masked out
+    (``key_value_seq_lengths``), padded query rows are dropped."""
+    t, s = q.shape[1], k.shape[1]
+    tp, sp = -(-t // pad_to) * pad_to, -(-s // pad_to) * pad_to
+    if (tp, sp) == (t, s):
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+
+    def pad(x, n):
+        return jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+
+    lengths = jnp.full((q.shape[0],), s, jnp.int32)
+    out = jax.nn.dot_product_attention(pad(q, tp), pad(k, sp), pad(v, sp), scale=scale, implementation=impl,
+                                       key_value_seq_lengths=lengths)
+    return out[:, :t]
 
 
 def pool_kv(kv: KV, length: int) -> KV:
