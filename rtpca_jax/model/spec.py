@@ -65,7 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     # auto: explicit softmax attention with a gradient that saves the
     # probabilities once (model/ops.py); xla | cudnn: jax.nn.dot_product_attention
-    # with that implementation; einsum: the explicit form under plain autodiff.
+    # with that implementation (cudnn pads odd sequence lengths by one masked
+    # key; shapes cuDNN refuses take the auto form: model/attention.py);
+    # einsum: the explicit form under plain autodiff.
     c.attention_impl = "auto"
     # Rematerialisation: keep only each block's input for the backward pass
     # and run the block again there (model/blocks.py: rematerialised).
