@@ -34,7 +34,8 @@ def attend(
     implementation; ``einsum`` is the explicit form under plain autodiff.
     Attention dropout always takes the explicit form.  cuDNN's fused kernel
     trains only on even sequence lengths: ``cudnn`` pads odd ones (243
-    frames, 17 joints) by one masked token; shapes it refuses all the same
+    frames, 17 joints) by one token (a masked key, a dropped query row:
+    :func:`fused_attention`); shapes it refuses all the same
     (head sizes that are not a multiple of 8) take the ``auto`` form, so
     ``cudnn`` means "cuDNN wherever it runs".
     """
@@ -63,15 +64,12 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, impl
     padded to a multiple of ``pad_to``; padded keys are masked out
     (``key_value_seq_lengths``), padded query rows are dropped."""
     t, s = q.shape[1], k.shape[1]
-    tp, sp = -(-t // pad_to) * pad_to, -(-s // pad_to) * pad_to
-    if (tp, sp) == (t, s):
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
 
-    def pad(x, n):
-        return jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+    def pad(x):  # along the sequence axis, to a multiple of pad_to (no-op when it is one)
+        return jnp.pad(x, ((0, 0), (0, -x.shape[1] % pad_to), (0, 0), (0, 0)))
 
-    lengths = jnp.full((q.shape[0],), s, jnp.int32)
-    out = jax.nn.dot_product_attention(pad(q, tp), pad(k, sp), pad(v, sp), scale=scale, implementation=impl,
+    lengths = jnp.full((q.shape[0],), s, jnp.int32) if s % pad_to else None
+    out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), scale=scale, implementation=impl,
                                        key_value_seq_lengths=lengths)
     return out[:, :t]
 
