@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rtpca_jax.model import attention as attention_lib
+
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 DEFAULT_CASES = {
     "default.py": {"inference": (16, 64), "train_step": (8, 16, 32)},
@@ -211,8 +213,8 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
     return _record(config_path, case, batch, s, _time(call, args, reps), flops / batch, peak, compile_s,
                    dtype=str(s.dtype or "float32"), peak_device_bytes=_device_peak(),
                    device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{len(jax.devices())}",
-                   framework=f"jax {jax.__version__}", attention=s.attention_impl, remat=s.remat,
-                   flops_source=flops_source,
+                   framework=f"jax {jax.__version__}", attention=attention_lib.resolve_impl(s.attention_impl),
+                   remat=s.remat, flops_source=flops_source,
                    **memory_bytes(compiled))
 
 

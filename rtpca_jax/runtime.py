@@ -111,9 +111,17 @@ def compiler_options(devices, activation_elements: int = 0) -> dict:
     4 would not fit 24 GB) for a few per cent of speed.  Small models keep the
     default: for them the memory-optimising order measured 12-17 % slower
     (``default.py`` at batch 16: 0.146 s against 0.164-0.185 s per step) for
-    13 % less memory.  Accelerators keep their defaults.
+    13 % less memory.
+
+    On GPUs, matrix products go to cuBLAS rather than XLA's Triton GEMM
+    fusions: the bf16 paper-preset training step on an H100 ran 5-6 % faster
+    (cuDNN attention: 0.1365 s against 0.1440 s at batch 16, 0.376 s against
+    0.397 s at 48) and compiled in 45 s rather than 55-58 s.  TPUs keep
+    their defaults.
     """
     platforms = {d.platform for d in devices}
     if platforms == {"cpu"} and activation_elements >= MEMORY_SCHEDULER_MIN_ELEMENTS:
         return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    if platforms == {"gpu"}:
+        return {"xla_gpu_enable_triton_gemm": False}
     return {}

@@ -109,6 +109,48 @@ def test_padded_fused_attention_is_plain_attention(pad_to):
     _check_vjp(lambda q, k, v: fused_attention(q, k, v, scale, "xla", pad_to), plain, (q, k, v), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["auto", "cudnn"])
+def test_attention_choice_off_nvidia_gpus_is_the_explicit_form(impl):
+    """Where there is no cuDNN (this CPU), ``auto`` and ``cudnn`` attention
+    are the explicit form, bit for bit, rather than an error."""
+    from rtpca_jax.model.attention import attend, on_nvidia_gpu
+
+    if on_nvidia_gpu():
+        pytest.skip("this checks the fallback off NVIDIA GPUs")
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, n, 3, 8)), jnp.bfloat16) for n in (7, 9, 9))
+    np.testing.assert_array_equal(attend(q, k, v, impl=impl), attend(q, k, v, impl="explicit"))
+
+
+def test_cudnn_attention_at_the_paper_size_on_a_gpu():
+    """On an NVIDIA GPU: cuDNN's fused attention (bf16, padded from 243 to
+    244 queries and 273 to 274 keys) against float32 explicit attention,
+    values and gradients, to within bf16 rounding (2^-8 relative).  The
+    logits are made negative (about -4), so an unmasked zero padding key
+    (logit 0) would take a sixth of each row's weight: 22 % off."""
+    from rtpca_jax.model.attention import attend, on_nvidia_gpu
+
+    if not on_nvidia_gpu():
+        pytest.skip("cuDNN attention needs an NVIDIA GPU")
+    rng = np.random.default_rng(6)
+    q = jnp.asarray(rng.normal(0.7, 0.3, (4, 243, 16, 64)), jnp.float32)
+    k = jnp.asarray(rng.normal(-0.7, 0.3, (4, 273, 16, 64)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(4, 273, 16, 64)), jnp.float32)
+    ct = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+    def run(impl, dtype):
+        f = jax.jit(lambda q, k, v: attend(q.astype(dtype), k.astype(dtype), v.astype(dtype), impl=impl)
+                    .astype(jnp.float32))
+        if impl == "cudnn":  # the fused kernel, not the fallback
+            assert "cudnn" in f.lower(q, k, v).compile().as_text()
+        y, vjp = jax.vjp(f, q, k, v)
+        return (y, *vjp(ct))
+
+    for a, b in zip(run("cudnn", jnp.bfloat16), run("explicit", jnp.float32)):
+        err = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+        assert err < 2e-2, err
+
+
 def test_lean_layers_save_less_for_the_backward_pass():
     """What autodiff keeps from the forward pass: only the input for GELU and
     layer norm (plus per-row statistics), one probability array for

@@ -28,27 +28,30 @@ def attend(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``.
 
-    ``impl``: ``auto`` is :func:`rtpca_jax.model.ops.softmax_attention` (the
-    explicit form with a gradient that saves the probabilities once); ``xla``
-    and ``cudnn`` go through ``jax.nn.dot_product_attention`` with that
-    implementation; ``einsum`` is the explicit form under plain autodiff.
-    Attention dropout always takes the explicit form.  cuDNN's fused kernel
-    trains only on even sequence lengths: ``cudnn`` pads odd ones (243
-    frames, 17 joints) by one token (a masked key, a dropped query row:
-    :func:`fused_attention`); shapes it refuses all the same
-    (head sizes that are not a multiple of 8) take the ``auto`` form, so
-    ``cudnn`` means "cuDNN wherever it runs".
+    ``impl``: ``explicit`` is :func:`rtpca_jax.model.ops.softmax_attention`
+    (the explicit form with a gradient that saves the probabilities once);
+    ``xla`` and ``cudnn`` go through ``jax.nn.dot_product_attention`` with
+    that implementation; ``einsum`` is the explicit form under plain
+    autodiff; ``auto`` is ``cudnn`` on an NVIDIA GPU and ``explicit``
+    elsewhere.  Attention dropout always takes the explicit form.  cuDNN's
+    fused kernel trains only on even sequence lengths: ``cudnn`` pads odd
+    ones (243 frames, 17 joints) by one token (a masked key, a dropped
+    query row: :func:`fused_attention`); shapes and dtypes it refuses all
+    the same (float32, head sizes that are not a multiple of 8) and other
+    backends take the ``explicit`` form, so ``cudnn`` means "cuDNN wherever
+    it runs".
     """
     scale = q.shape[-1] ** -0.5
     dropout = dropout_rate > 0 and dropout_rng is not None
+    impl = resolve_impl(impl)
     if impl in ("xla", "cudnn") and not dropout:
         try:
             return fused_attention(q, k, v, scale, impl, pad_to=2 if impl == "cudnn" else 1)
         except NotImplementedError:  # raised while tracing: shapes cuDNN does not take
             if impl == "xla":
                 raise
-            impl = "auto"
-    if impl == "auto" and not dropout:
+            impl = "explicit"
+    if impl == "explicit" and not dropout:
         return ops.softmax_attention(q, k, v, scale)
     logits = jnp.einsum("nthd,nshd->nhts", q, k) * jnp.asarray(scale, q.dtype)
     probs = jax.nn.softmax(logits.astype(jnp.promote_types(q.dtype, jnp.float32)), axis=-1)
@@ -57,6 +60,20 @@ def attend(
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(v.dtype)
     return jnp.einsum("nhts,nshd->nthd", probs, v)
+
+
+def on_nvidia_gpu() -> bool:
+    """Whether JAX's default devices are CUDA GPUs (cuDNN's)."""
+    d = jax.devices()[0]
+    return d.platform == "gpu" and "rocm" not in str(getattr(d.client, "platform_version", "")).lower()
+
+
+def resolve_impl(impl: str) -> str:
+    """``auto`` and ``cudnn`` are ``cudnn`` on NVIDIA GPUs, ``explicit``
+    elsewhere; other names are themselves."""
+    if impl in ("auto", "cudnn"):
+        return "cudnn" if on_nvidia_gpu() else "explicit"
+    return impl
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, impl: str, pad_to: int = 1):
