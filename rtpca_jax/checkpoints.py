@@ -97,16 +97,34 @@ class Checkpoints:
             self.directory,
             preservation_policy=ocp.training.preservation_policies.AnyPreservationPolicy(policies),
         )
+        self._pending = None
 
-    def save(self, state, *, epoch: int, epoch_step: int, val_mpjpe_mm: Optional[float] = None) -> None:
-        """Save synchronously (returns once the checkpoint is complete)."""
+    def save(self, state, *, epoch: int, epoch_step: int, val_mpjpe_mm: Optional[float] = None,
+             wait: bool = True) -> None:
+        """Save ``state``; with ``wait`` return once the checkpoint is complete.
+
+        ``wait=False`` returns once the arrays are copied off the devices
+        (``state`` may then be donated to the next step) and writes the files
+        in the background: 0.3 s here against 1.2 s for ``default.py``'s
+        state.  A later save, :meth:`wait`, :meth:`steps` and :meth:`close`
+        wait for it (and raise its error, if it failed); a process killed
+        meanwhile leaves the previous checkpoint as the newest complete one."""
         step = int(jax.device_get(state.step))
         tree = {"state": state, "position": {"epoch": np.asarray(epoch, np.int64), "epoch_step": np.asarray(epoch_step, np.int64)}}
         metrics = {METRIC: float(val_mpjpe_mm)} if val_mpjpe_mm is not None else None
-        self._ckpt.save(step, tree, force=True, overwrite=True, metrics=metrics)
+        self._pending = self._ckpt.save_async(step, tree, force=True, overwrite=True, metrics=metrics)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the last save is complete."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
         self._ckpt.wait()
 
     def steps(self) -> list[int]:
+        self.wait()
         return sorted(int(c.step) for c in self._ckpt.checkpoints)
 
     def restore_latest(self, abstract_state) -> Optional[tuple[Any, int, int, int]]:
@@ -122,6 +140,7 @@ class Checkpoints:
         return tree["state"], int(pos["epoch"]), int(pos["epoch_step"]), step
 
     def close(self) -> None:
+        self.wait()
         self._ckpt.close()
 
 
@@ -140,10 +159,14 @@ def load_params(directory: str, abstract_params=None):
     ckpt = ocp.training.Checkpointer(directory)
 
     def load(step):
+        # restored replicated over this process's devices, whatever devices saved it (a pod
+        # slice's checkpoint on one GPU; train.cpu_devices=2 on one CPU device)
+        saved = ckpt.metadata(step).metadata
+        abstract = _with_replicated_sharding(
+            jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved))
         with warnings.catch_warnings():
-            # training checkpoints carry their sharding; restoring it replicated is what we want
             warnings.simplefilter("ignore", UserWarning)
-            return ckpt.load(step)
+            return ckpt.load(step, abstract)
 
     try:
         found = _newest_readable(ckpt, load, directory)

@@ -289,6 +289,8 @@ class _Run:
         losses: list[float] = []
         pending: Optional[_Pending] = None
         batches = train_lib.device_prefetch(self.data.epoch(epoch, start_step=first), self.mesh, size=2)
+        # the epoch's learning rates in one call, not a small computation per step
+        lrs = np.asarray(self.schedule(np.arange(self.global_step, self.global_step + self.steps_per_epoch - first)))
         for epoch_step in range(first, self.steps_per_epoch):
             p2, p3 = next(batches)
             self.profile.before_step(self.global_step + 1)
@@ -297,8 +299,7 @@ class _Run:
             self.profile.after_step(self.global_step, m)
             if pending is not None:
                 self._log_step(pending, losses, bar, t0)
-            pending = _Pending(self.global_step, epoch, m, float(self.schedule(self.global_step - 1)),
-                               epoch_step + 1 - first)
+            pending = _Pending(self.global_step, epoch, m, float(lrs[epoch_step - first]), epoch_step + 1 - first)
             if preempt.requested:
                 self._log_step(pending, losses, bar, t0)
                 self.step_log.save()  # before the checkpoint: the log may run ahead of it, never behind
@@ -345,7 +346,8 @@ class _Run:
         last = epoch + 1 == cfg.train.num_epochs
         self.step_log.save()
         if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or last:
-            self.ckpts.save(self.state, epoch=epoch + 1, epoch_step=0, val_mpjpe_mm=scores["mpjpe_mm"])
+            # written while the next epoch trains; close() waits for the last one
+            self.ckpts.save(self.state, epoch=epoch + 1, epoch_step=0, val_mpjpe_mm=scores["mpjpe_mm"], wait=False)
         if self.is_main:
             storage.write_text(self.hist_path, json.dumps(self.history, indent=1))
             for k in ("val_mpjpe_mm", "val_p_mpjpe_mm", "val_mpjve_mm"):

@@ -140,6 +140,70 @@ def test_keeps_latest_and_best(tmp_path):
     assert ck.steps() == [1, 3, 4]  # best (10 mm) + the latest two
 
 
+def test_background_save_keeps_the_state_that_the_next_step_donates(tmp_path):
+    """``save(wait=False)`` returns before the files are written, and the
+    training step donates (reuses) the state's buffers: the checkpoint must
+    hold the values saved, not the next step's."""
+    cfg = base_config("rtpca")
+    cfg.model.update(dict(num_frames=27, width=8, depth=1, num_heads=2))
+    m = model.build(cfg.model)
+    mesh = train_lib.make_mesh()
+    tx = train_lib.make_optimizer(cfg.train, 10)
+    st = train_lib.create_state(m, tx, 0, mesh)
+    step = train_lib.make_train_step(m, tx, cfg.train, mesh, train_lib.state_sharding(st, mesh), (1.0,) * 17)
+    rng = np.random.default_rng(0)
+    x = train_lib.global_batch(rng.normal(size=(4, 27, 17, 2)).astype(np.float32), mesh)
+    y = train_lib.global_batch(rng.normal(size=(4, 27, 17, 3)).astype(np.float32), mesh)
+    st, _ = step(st, x, y)
+    saved = jax.tree_util.tree_map(lambda a: np.array(jax.device_get(a)), st.params)
+    ck = checkpoints.Checkpoints(str(tmp_path / "ck"), keep=3)
+    ck.save(st, epoch=1, epoch_step=0, val_mpjpe_mm=10.0, wait=False)
+    for _ in range(3):
+        st, _ = step(st, x, y)  # donates the buffers of the state just saved
+    jax.block_until_ready(st)
+    assert ck.steps() == [1]
+    restored, epoch, _, at = checkpoints.Checkpoints(str(tmp_path / "ck")).restore_latest(st)
+    assert (epoch, at) == (1, 1)
+    moved = max(float(np.abs(np.asarray(a) - b).max()) for a, b in
+                zip(jax.tree_util.tree_leaves(st.params), jax.tree_util.tree_leaves(saved)))
+    assert moved > 1e-4  # the later steps changed the parameters
+    for a, b in zip(jax.tree_util.tree_leaves(restored.params), jax.tree_util.tree_leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+_SAVE_ON_TWO_DEVICES = """
+import sys, jax, numpy as np
+from rtpca_jax.runtime import start
+start(cpu_devices=2)
+from rtpca_jax import checkpoints, model, train_lib
+from rtpca_jax.config_lib import base_config
+cfg = base_config("rtpca")
+cfg.model.update(dict(num_frames=27, width=8, depth=1, num_heads=2))
+mesh = train_lib.make_mesh()
+assert mesh.devices.size == 2, mesh
+st = train_lib.create_state(model.build(cfg.model), train_lib.make_optimizer(cfg.train, 10), 3, mesh)
+st = st.replace(step=st.step + 5)
+checkpoints.Checkpoints(sys.argv[1]).save(st, epoch=2, epoch_step=1, val_mpjpe_mm=9.0)
+np.savez(sys.argv[2], *[np.asarray(a) for a in jax.tree_util.tree_leaves(st.params)])
+"""
+
+
+def test_a_checkpoint_saved_on_two_devices_loads_on_one(tmp_path):
+    """train.cpu_devices=2 (or a pod slice) saves; eval.py and a resumed run on
+    one device must read it (Orbax otherwise wants the saving devices back)."""
+    subprocess.run([sys.executable, "-c", _SAVE_ON_TWO_DEVICES, str(tmp_path / "ck"), str(tmp_path / "p.npz")],
+                   env=_env(), check=True, capture_output=True, timeout=300)
+    saved = list(np.load(tmp_path / "p.npz").values())
+    assert len(jax.devices()) == 1
+    params = checkpoints.load_params(str(tmp_path / "ck"))
+    for a, b in zip(jax.tree_util.tree_leaves(params), saved):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    state, epoch, epoch_step, step = checkpoints.Checkpoints(str(tmp_path / "ck")).restore_latest(_tiny_state(tmp_path))
+    assert (epoch, epoch_step, step) == (2, 1, 5)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), saved):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
     wd = tmp_path / "nan"
     r = subprocess.run(_train_cmd(wd, "--config.train.lr=1e30", "--config.train.grad_clip_norm=0",
