@@ -54,8 +54,8 @@ def main(argv):
     from rtpca_jax import storage, train_loop
     from rtpca_jax.runtime import start
 
-    start()
     cfg = FLAGS.config
+    start(cpu_devices=cfg.train.cpu_devices)
     # Orbax logs every save at INFO; progress and epoch lines come from tqdm here.
     logging.set_verbosity(logging.WARNING)
 

@@ -55,6 +55,9 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.train.profile_steps = ""
     c.train.max_steps_per_epoch = ml_collections.FieldReference(None, field_type=int)
     c.train.report_baselines = False  # print P1/P2 beside closed-form baselines at the end
+    # train.py on a host without an accelerator: split the CPU into this many JAX devices and train
+    # data-parallel over them (runtime.split_cpu; 0 = JAX's one CPU device; no effect on GPUs/TPUs)
+    c.train.cpu_devices = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8
@@ -198,6 +201,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "num_epochs", "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps"):
         positive_int(f"train.{key}")
     positive_int("train.max_steps_per_epoch", optional=True)
+    need(isinstance(t.cpu_devices, int) and t.cpu_devices >= 0, "train.cpu_devices",
+         "0 (one CPU device) or a number of CPU devices")
     need(t.lr > 0, "train.lr", "a positive learning rate")
     need(0 < t.lr_decay <= 1, "train.lr_decay", "a factor in (0, 1]")
     need(t.weight_decay >= 0, "train.weight_decay", "a non-negative number")
