@@ -105,7 +105,7 @@ def split_cpu(n: int) -> bool:
     synchronises the threads after every kernel.  With two devices and the
     batch split between them (the training step's data-parallel mesh), each
     half runs mostly on its own core: ``configs/default.py``'s step at batch
-    16 on a 2-core CPU measured 8-9 % faster (README, Benchmarks).  It only
+    16 on a 2-core CPU measured 9 % faster (README, Benchmarks).  It only
     changes the CPU backend: on a GPU or TPU host the mesh is the
     accelerators, whatever ``n`` is.  A device count already forced through
     ``XLA_FLAGS`` wins; after JAX's backends have started it cannot change,
