@@ -115,18 +115,16 @@ def split_cpu(n: int) -> bool:
         return False
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return False
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+        return True
+    except RuntimeError:  # JAX refuses once its backends have started
         have = len(jax.devices("cpu"))
         if have != n:
             from absl import logging
 
-            logging.warning(
-                "cpu_devices=%d ignored: JAX's backends started before (%d CPU devices)", n, have)
+            logging.warning("cpu_devices=%d ignored: JAX's backends started before (%d CPU devices)", n, have)
         return have == n
-    jax.config.update("jax_num_cpu_devices", int(n))
-    return True
 
 
 # One activation of the network ([tokens, width] per device) above this many

@@ -98,13 +98,18 @@ def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_run(tmp_path):
     assert set(res["per_action"]) == {"basketball", "jumping", "running", "soccer", "walking", "washwindow"}
 
 
-def _tiny_state(tmp_path):
+def _tiny():
+    """(module, optimiser, mesh, train config, state) of a width-8 depth-1 model."""
     cfg = base_config("rtpca")
     cfg.model.update(dict(num_frames=27, width=8, depth=1, num_heads=2))
     m = model.build(cfg.model)
     mesh = train_lib.make_mesh()
     tx = train_lib.make_optimizer(cfg.train, 10)
-    return train_lib.create_state(m, tx, 0, mesh)
+    return m, tx, mesh, cfg.train, train_lib.create_state(m, tx, 0, mesh)
+
+
+def _tiny_state(tmp_path):
+    return _tiny()[-1]
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
@@ -144,13 +149,8 @@ def test_background_save_keeps_the_state_that_the_next_step_donates(tmp_path):
     """``save(wait=False)`` returns before the files are written, and the
     training step donates (reuses) the state's buffers: the checkpoint must
     hold the values saved, not the next step's."""
-    cfg = base_config("rtpca")
-    cfg.model.update(dict(num_frames=27, width=8, depth=1, num_heads=2))
-    m = model.build(cfg.model)
-    mesh = train_lib.make_mesh()
-    tx = train_lib.make_optimizer(cfg.train, 10)
-    st = train_lib.create_state(m, tx, 0, mesh)
-    step = train_lib.make_train_step(m, tx, cfg.train, mesh, train_lib.state_sharding(st, mesh), (1.0,) * 17)
+    m, tx, mesh, train_cfg, st = _tiny()
+    step = train_lib.make_train_step(m, tx, train_cfg, mesh, train_lib.state_sharding(st, mesh), (1.0,) * 17)
     rng = np.random.default_rng(0)
     x = train_lib.global_batch(rng.normal(size=(4, 27, 17, 2)).astype(np.float32), mesh)
     y = train_lib.global_batch(rng.normal(size=(4, 27, 17, 3)).astype(np.float32), mesh)
@@ -202,6 +202,17 @@ def test_a_checkpoint_saved_on_two_devices_loads_on_one(tmp_path):
     assert (epoch, epoch_step, step) == (2, 1, 5)
     for a, b in zip(jax.tree_util.tree_leaves(state.params), saved):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_cpu_devices_cannot_change_once_jax_has_started(caplog):
+    from rtpca_jax import runtime
+
+    assert len(jax.devices("cpu")) == 1  # this process's backends are up
+    assert runtime.split_cpu(1) is False  # nothing asked
+    with caplog.at_level("WARNING"):
+        assert runtime.split_cpu(2) is False
+    assert "cpu_devices=2 ignored" in caplog.text
+    assert len(jax.devices("cpu")) == 1
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
