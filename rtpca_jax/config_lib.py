@@ -55,7 +55,7 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.train.profile_steps = ""
     c.train.max_steps_per_epoch = ml_collections.FieldReference(None, field_type=int)
     c.train.report_baselines = False  # print P1/P2 beside closed-form baselines at the end
-    # train.py on a host without an accelerator: split the CPU into this many JAX devices and train
+    # train.py and experiments on a host without an accelerator: split the CPU into this many JAX devices and train
     # data-parallel over them (runtime.split_cpu; 0 = JAX's one CPU device; no effect on GPUs/TPUs)
     c.train.cpu_devices = 0
 

@@ -335,10 +335,8 @@ def run_stability(config, checkpoint: str, workdir: str, clip_lengths=(27, 81, 2
 
 
 def main(argv=None) -> int:
-    from rtpca_jax.runtime import start
-
-    start()
     from rtpca_jax.config_lib import parse_command_line
+    from rtpca_jax.runtime import start
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.experiments", description=__doc__.split("\n\n")[0],
                                  epilog="every command takes --config FILE and --config.SECTION.KEY=VALUE overrides, "
@@ -358,6 +356,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     a, cfg = line.args, line.configs[0]
+    start(cpu_devices=cfg.train.cpu_devices)  # after the config (it may split the CPU), before any JAX work
     try:
         storage.check_reachable(a.workdir, what="work directory")
         if getattr(a, "checkpoint", None):
