@@ -31,8 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rtpca_jax.model import attention as attention_lib
-
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 DEFAULT_CASES = {
     "default.py": {"inference": (16, 64), "train_step": (8, 16, 32)},
@@ -204,6 +202,8 @@ def compile_case(config_path: str, case: str, batch: int, overrides=()) -> Compi
 
 
 def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=()) -> dict:
+    from rtpca_jax.model import attention as attention_lib  # the model is imported where it is used, as above
+
     c = compile_case(config_path, case, batch, overrides)
     compiled, call, args, s, compile_s = c.compiled, c.call, c.args, c.spec, c.compile_s
     flops, flops_source = _count_flops(c.jitted, c.lowered, c.lower_args)
