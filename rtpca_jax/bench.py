@@ -180,7 +180,7 @@ def compile_case(config_path: str, case: str, batch: int, overrides=()) -> Compi
                                    mesh)
         cfg.train.batch_size = batch  # the step's compiler options depend on it
         tx = train_lib.make_optimizer(cfg.train, 1000)
-        state = train_lib.create_state(module, tx, 0, mesh)
+        state = train_lib.create_state(module, tx, 0, mesh, ema=cfg.train.ema_decay > 0)
         # loss weights change the values, not the cost: uniform ones, whatever the layout
         step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh),
                                          joint_weights=(1.0,) * s.num_joints)

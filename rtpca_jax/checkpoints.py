@@ -73,12 +73,42 @@ def quarantine_damaged(directory: str) -> list[str]:
     return moved
 
 
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint written by a different config (model size, ``train.ema_decay``)."""
+
+
+def _shapes(tree) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0] if tree is not None else []
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _mismatch(saved_state: dict, state) -> Optional[str]:
+    """How a checkpoint's weights differ from ``state``'s, or None."""
+    import flax.serialization
+
+    want = flax.serialization.to_state_dict(state)
+    for key in ("params", "ema_params"):
+        have, need = _shapes(saved_state.get(key)), _shapes(want.get(key))
+        if have == need:
+            continue
+        if not have or not need:
+            return (f"it {'holds' if have else 'has no'} {key}, this config {'does not' if have else 'does'}"
+                    + (" (train.ema_decay)" if key == "ema_params" else ""))
+        path = sorted(set(have) ^ set(need) or {p for p in have if have[p] != need[p]})[0]
+        return f"{key}{path} is {have.get(path, 'absent')} there, {need.get(path, 'absent')} in this config"
+    return None
+
+
 def _newest_readable(ckpt, load: Callable[[int], Any], where: str):
     """``(step, tree)`` of the newest checkpoint ``load`` can read, skipping
-    (with a warning) every unreadable one; None when there is none."""
+    (with a warning) every unreadable one; None when there is none.  A
+    checkpoint of another config stops the search (``IncompatibleCheckpointError``):
+    training from scratch over it would lose the run."""
     for step in sorted((int(c.step) for c in ckpt.checkpoints), reverse=True):
         try:
             return step, load(step)
+        except IncompatibleCheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
             logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
                             step, where, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -132,7 +162,15 @@ class Checkpoints:
         or None when there is none.  Unreadable ones are skipped with a warning."""
         abstract = {"state": abstract_state,
                     "position": {"epoch": np.zeros((), np.int64), "epoch_step": np.zeros((), np.int64)}}
-        found = _newest_readable(self._ckpt, lambda s: self._ckpt.load(s, abstract), self.directory)
+        def load(step):
+            problem = _mismatch(self._ckpt.metadata(step).metadata["state"], abstract_state)
+            if problem:
+                raise IncompatibleCheckpointError(
+                    f"{storage.join(self.directory, str(step))} was written by another config: {problem}. "
+                    f"Resume with the config that wrote it, or train in a new work directory.")
+            return self._ckpt.load(step, abstract)
+
+        found = _newest_readable(self._ckpt, load, self.directory)
         if found is None:
             return None
         step, tree = found
@@ -175,7 +213,10 @@ def load_params(directory: str, abstract_params=None):
     if found is None:
         raise ValueError(f"{directory}: no readable checkpoint found")
     state = found[1]["state"]
-    return state["params"] if isinstance(state, dict) else state.params
+    if not isinstance(state, dict):
+        return state.eval_params
+    # the moving average when the run kept one (train.ema_decay): the weights it evaluated
+    return state["params"] if state.get("ema_params") is None else state["ema_params"]
 
 
 def save_params(out_dir: str, params, model_config) -> None:

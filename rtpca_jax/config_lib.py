@@ -42,6 +42,9 @@ def base_config(variant: str = "rtpca") -> ml_collections.ConfigDict:
     c.train.lr_decay = 0.99  # multiplied after every epoch
     c.train.weight_decay = 0.1
     c.train.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)  # None or 0: off
+    # > 0: keep a moving average of the weights (train_lib.ema_update), evaluated, kept as the
+    # best checkpoint's metric and exported instead of the last step's weights; 0: off (official)
+    c.train.ema_decay = 0.0
     # one loss weight per joint; None: the data's joint layout's (rtpca_jax/data/skeleton.py)
     c.train.joint_weights = ml_collections.FieldReference(None, field_type=tuple)
     c.train.w_mpjpe = 1.0
@@ -206,6 +209,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.lr > 0, "train.lr", "a positive learning rate")
     need(0 < t.lr_decay <= 1, "train.lr_decay", "a factor in (0, 1]")
     need(t.weight_decay >= 0, "train.weight_decay", "a non-negative number")
+    need(0 <= t.ema_decay < 1, "train.ema_decay", "0 (off) or a decay in (0, 1)")
     need(t.grad_clip_norm is None or t.grad_clip_norm >= 0, "train.grad_clip_norm", "None, 0 (off) or a positive norm")
     for key in ("w_mpjpe", "w_temporal", "w_velocity"):
         need(t[key] >= 0, f"train.{key}", "a non-negative loss weight")

@@ -122,7 +122,7 @@ def run_ablation(config, workdir: str, seeds=(0, 1), only=None, progress=None) -
             if out.status != "done":
                 raise SystemExit(f"{name} seed {seed} was preempted; run the command again to continue")
             module = out.module
-            params = out.state.params
+            params = out.state.eval_params
             rec = {
                 "run": name, "seed": seed, **overrides,
                 "p1_mm": out.final["mpjpe_mm"], "p2_mm": out.final["p_mpjpe_mm"],

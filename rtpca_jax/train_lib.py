@@ -29,6 +29,12 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # base key; the dropout key of step s is fold_in(rng, s)
+    ema_params: Any = None  # moving average of params (train.ema_decay > 0), else None
+
+    @property
+    def eval_params(self):
+        """The weights to evaluate and export: the moving average when there is one."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 def make_mesh(devices: Optional[Seq[jax.Device]] = None) -> Mesh:
@@ -59,8 +65,10 @@ def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     return tx
 
 
-def create_state(module, tx: optax.GradientTransformation, seed: int, mesh: Mesh) -> TrainState:
-    """Initial state, replicated over the mesh."""
+def create_state(module, tx: optax.GradientTransformation, seed: int, mesh: Mesh,
+                 ema: bool = False) -> TrainState:
+    """Initial state, replicated over the mesh; with ``ema``, a moving average
+    of the parameters starting from the initial ones."""
     from rtpca_jax.model import init_params
 
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -68,13 +76,23 @@ def create_state(module, tx: optax.GradientTransformation, seed: int, mesh: Mesh
     def init():
         params = init_params(module, init_key)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=dropout_key)
+                          rng=dropout_key, ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else None)
 
     return jax.jit(init, out_shardings=replicated(mesh))()
 
 
 def state_sharding(state: TrainState, mesh: Mesh):
     return jax.tree_util.tree_map(lambda _: replicated(mesh), state)
+
+
+def ema_update(ema, params, step: jax.Array, decay: float):
+    """``ema + (1 - d) (params - ema)`` after optimiser step ``step`` (1-based),
+    with ``d = min(decay, (1 + step) / (10 + step))``: early on, while the
+    weights move fast, the average spans about the last ninth of the steps
+    taken, later at most ``1 / (1 - decay)`` steps."""
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    return jax.tree_util.tree_map(lambda e, p: e + (1.0 - d) * (p - e), ema, params)
 
 
 def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: Mesh, state_shardings,
@@ -95,7 +113,11 @@ def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: M
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         out = {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), out
+        ema = state.ema_params
+        if ema is not None:
+            ema = ema_update(ema, params, state.step + 1, train_cfg.ema_decay)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng,
+                          ema_params=ema), out
 
     data = batch_sharding(mesh)
     s = module.spec

@@ -242,7 +242,7 @@ class _Run:
                              f"{mesh.devices.size} devices")
         tx = train_lib.make_optimizer(cfg.train, self.steps_per_epoch)
         self.schedule = train_lib.learning_rate_schedule(cfg.train, self.steps_per_epoch)
-        state = train_lib.create_state(self.module, tx, cfg.train.seed, mesh)
+        state = train_lib.create_state(self.module, tx, cfg.train.seed, mesh, ema=cfg.train.ema_decay > 0)
         shardings = train_lib.state_sharding(state, mesh)
         self.ckpts = ckpt_lib.Checkpoints(storage.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
         self.start_epoch, self.start_step = 0, 0
@@ -278,7 +278,7 @@ class _Run:
         self.profile = Profile(cfg.train.get("profile_steps", "") if self.is_main else "", workdir)
 
     def evaluate(self) -> dict:
-        preds = evaluation.predict_sequences(self.predict, self.state.params, self.test_seqs, self.frames,
+        preds = evaluation.predict_sequences(self.predict, self.state.eval_params, self.test_seqs, self.frames,
                                             self.cfg.eval.batch_size, self.mesh, flip_tta=self.cfg.eval.flip_tta)
         return evaluation.score_sequences(self.test_seqs, preds)
 

@@ -98,14 +98,22 @@ def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_run(tmp_path):
     assert set(res["per_action"]) == {"basketball", "jumping", "running", "soccer", "walking", "washwindow"}
 
 
-def _tiny():
+def _tiny(ema_decay=0.0):
     """(module, optimiser, mesh, train config, state) of a width-8 depth-1 model."""
     cfg = base_config("rtpca")
     cfg.model.update(dict(num_frames=27, width=8, depth=1, num_heads=2))
+    cfg.train.ema_decay = ema_decay
     m = model.build(cfg.model)
     mesh = train_lib.make_mesh()
     tx = train_lib.make_optimizer(cfg.train, 10)
-    return m, tx, mesh, cfg.train, train_lib.create_state(m, tx, 0, mesh)
+    return m, tx, mesh, cfg.train, train_lib.create_state(m, tx, 0, mesh, ema=ema_decay > 0)
+
+
+def _batch(mesh, seed=0):
+    rng = np.random.default_rng(seed)
+    x = train_lib.global_batch(rng.normal(size=(4, 27, 17, 2)).astype(np.float32), mesh)
+    y = train_lib.global_batch(rng.normal(size=(4, 27, 17, 3)).astype(np.float32), mesh)
+    return x, y
 
 
 def _tiny_state(tmp_path):
@@ -151,9 +159,7 @@ def test_background_save_keeps_the_state_that_the_next_step_donates(tmp_path):
     hold the values saved, not the next step's."""
     m, tx, mesh, train_cfg, st = _tiny()
     step = train_lib.make_train_step(m, tx, train_cfg, mesh, train_lib.state_sharding(st, mesh), (1.0,) * 17)
-    rng = np.random.default_rng(0)
-    x = train_lib.global_batch(rng.normal(size=(4, 27, 17, 2)).astype(np.float32), mesh)
-    y = train_lib.global_batch(rng.normal(size=(4, 27, 17, 3)).astype(np.float32), mesh)
+    x, y = _batch(mesh)
     st, _ = step(st, x, y)
     saved = jax.tree_util.tree_map(lambda a: np.array(jax.device_get(a)), st.params)
     ck = checkpoints.Checkpoints(str(tmp_path / "ck"), keep=3)
@@ -169,6 +175,65 @@ def test_background_save_keeps_the_state_that_the_next_step_donates(tmp_path):
     assert moved > 1e-4  # the later steps changed the parameters
     for a, b in zip(jax.tree_util.tree_leaves(restored.params), jax.tree_util.tree_leaves(saved)):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_ema_update_closed_form():
+    """``d = min(decay, (1 + t) / (10 + t))``; ``ema + (1 - d) (params - ema)``."""
+    ema, p = {"w": np.zeros(2, np.float32)}, {"w": np.array([1.0, -2.0], np.float32)}
+    out = train_lib.ema_update(ema, p, np.int32(1), 0.9)  # d = 2/11 < 0.9
+    np.testing.assert_allclose(out["w"], np.array([1.0, -2.0]) * 9 / 11, rtol=1e-6)
+    out = train_lib.ema_update({"w": np.ones(2, np.float32)}, p, np.int32(200), 0.9)  # 201/210 > 0.9: d = 0.9
+    np.testing.assert_allclose(out["w"], [1.0, 1.0 + 0.1 * (-3.0)], rtol=1e-6)
+
+
+def test_training_step_keeps_the_moving_average_and_it_is_what_is_evaluated_and_loaded(tmp_path):
+    m, tx, mesh, train_cfg, st = _tiny(ema_decay=0.99)
+    assert _tiny()[-1].ema_params is None  # off by default: the state holds no second copy
+    p0 = jax.tree_util.tree_map(lambda a: np.array(jax.device_get(a)), st.params)
+    for a, b in zip(jax.tree_util.tree_leaves(st.ema_params), jax.tree_util.tree_leaves(p0)):
+        np.testing.assert_array_equal(np.asarray(a), b)  # starts at the initial weights
+    step = train_lib.make_train_step(m, tx, train_cfg, mesh, train_lib.state_sharding(st, mesh), (1.0,) * 17)
+    x, y = _batch(mesh)
+    st, _ = step(st, x, y)
+    p1 = jax.tree_util.tree_map(lambda a: np.array(jax.device_get(a)), st.params)
+    # after step 1 the decay is min(0.99, 2/11): the average is p0 + 9/11 (p1 - p0)
+    for e, a, b in zip(*(jax.tree_util.tree_leaves(t) for t in (st.ema_params, p0, p1))):
+        np.testing.assert_allclose(np.asarray(e), a + 9 / 11 * (b - a), rtol=1e-5, atol=1e-7)
+    st, _ = step(st, x, y)
+    assert st.eval_params is st.ema_params
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree_util.tree_leaves(st.ema_params), jax.tree_util.tree_leaves(st.params)))
+    assert diff > 1e-5  # the average lags the weights
+    ck = checkpoints.Checkpoints(str(tmp_path / "ck"))
+    ck.save(st, epoch=1, epoch_step=0)
+    ck.close()
+    # eval.py, inference and convert load the average; resuming gets both back
+    for a, b in zip(jax.tree_util.tree_leaves(checkpoints.load_params(str(tmp_path / "ck"))),
+                    jax.tree_util.tree_leaves(st.ema_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    restored = checkpoints.Checkpoints(str(tmp_path / "ck")).restore_latest(st)[0]
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(st)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resuming_with_another_config_is_refused_and_keeps_the_checkpoint(tmp_path):
+    """Not skipped as damaged: that would start training from scratch over the run."""
+    st = _tiny_state(tmp_path)
+    ck = checkpoints.Checkpoints(str(tmp_path / "ck"))
+    ck.save(st.replace(step=st.step + 4), epoch=1, epoch_step=0)
+    ck.close()
+    with_ema = _tiny(ema_decay=0.99)[-1]
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                       match=r"ck/4 was written by another config: it has no ema_params, this config does "
+                             r"\(train.ema_decay\)"):
+        checkpoints.Checkpoints(str(tmp_path / "ck")).restore_latest(with_ema)
+    cfg = base_config("rtpca")
+    cfg.model.update(dict(num_frames=27, width=16, depth=1, num_heads=2))
+    wider = train_lib.create_state(model.build(cfg.model), train_lib.make_optimizer(cfg.train, 10), 0,
+                                   train_lib.make_mesh())
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match=r"params\[.*\] is \(8,?.*\) there, \(16"):
+        checkpoints.Checkpoints(str(tmp_path / "ck")).restore_latest(wider)
+    assert checkpoints.Checkpoints(str(tmp_path / "ck")).restore_latest(st)[3] == 4  # still there, still readable
 
 
 _SAVE_ON_TWO_DEVICES = """
@@ -331,6 +396,7 @@ def test_profile_steps_are_validated(tmp_path):
     ("data.clip_stride", -3, "data.clip_stride=-3: expected a positive integer or None"),
     ("data.split", "official", "data.split='official': expected one of"),
     ("data.source", "bvh", "data.split='builtin': expected \"subjects\" with data.source='bvh'"),
+    ("train.ema_decay", 1.0, r"train.ema_decay=1.0: expected 0 \(off\) or a decay in \(0, 1\)"),
 ])
 def test_config_sections_are_validated_naming_the_field(tmp_path, field, value, message):
     from rtpca_jax import config_lib, train_loop
