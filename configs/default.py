@@ -34,6 +34,7 @@ def get_config():
     t.lr_decay = 0.85
     t.weight_decay = 0.01
     t.grad_clip_norm = 1.0
+    t.ema_decay = 0.99  # evaluate a moving average of the weights: 1.2-3.7 mm lower P1 on 3 seeds (README)
     t.checkpoint_every_epochs = 1
     t.keep_checkpoints = 2
     t.report_baselines = True
