@@ -78,12 +78,16 @@ class IncompatibleCheckpointError(ValueError):
 
 
 def _shapes(tree) -> dict:
+    """``{"a/b/0": shape}``: Orbax's metadata keeps tuples as lists, flax's state dict as ``{"0": ...}``."""
+    def name(k):
+        return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0] if tree is not None else []
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+    return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def _mismatch(saved_state: dict, state) -> Optional[str]:
-    """How a checkpoint's weights differ from ``state``'s, or None."""
+    """How a checkpoint's weights or optimiser state differ from ``state``'s, or None."""
     import flax.serialization
 
     want = flax.serialization.to_state_dict(state)
@@ -95,7 +99,9 @@ def _mismatch(saved_state: dict, state) -> Optional[str]:
             return (f"it {'holds' if have else 'has no'} {key}, this config {'does not' if have else 'does'}"
                     + (" (train.ema_decay)" if key == "ema_params" else ""))
         path = sorted(set(have) ^ set(need) or {p for p in have if have[p] != need[p]})[0]
-        return f"{key}{path} is {have.get(path, 'absent')} there, {need.get(path, 'absent')} in this config"
+        return f"{key}/{path} is {have.get(path, 'absent')} there, {need.get(path, 'absent')} in this config"
+    if _shapes(saved_state.get("opt_state")) != _shapes(want.get("opt_state")):
+        return "its optimiser state differs from this config's (train.grad_clip_norm or the optimiser changed)"
     return None
 
 
