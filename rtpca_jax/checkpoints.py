@@ -218,9 +218,7 @@ def load_params(directory: str, abstract_params=None):
         ckpt.close()
     if found is None:
         raise ValueError(f"{directory}: no readable checkpoint found")
-    state = found[1]["state"]
-    if not isinstance(state, dict):
-        return state.eval_params
+    state = found[1]["state"]  # plain dicts: restored from the checkpoint's own metadata
     # the moving average when the run kept one (train.ema_decay): the weights it evaluated
     return state["params"] if state.get("ema_params") is None else state["ema_params"]
 
