@@ -181,8 +181,9 @@ def test_lean_layers_save_less_for_the_backward_pass():
     assert plain_ln >= 2 * x.size
     q = jnp.ones((1, 16, 2, 8))
     probs = 1 * 2 * 16 * 16
-    lean_att = saved_elements(lambda q: ops.softmax_attention(q, q, q, 0.3).sum(), q)
-    # the scaled queries, q (as k and v: one array) and the probabilities
-    assert lean_att <= 2 * q.size + probs
-    plain_att = saved_elements(lambda q: jax.nn.dot_product_attention(q, q, q, scale=0.3).sum(), q)
+    k, v = q + 1, q + 2
+    lean_att = saved_elements(lambda q, k, v: ops.softmax_attention(q, k, v, 0.3).sum(), q, k, v)
+    # the scaled queries, the keys and values (head-major) and the probabilities
+    assert lean_att <= 3 * q.size + probs
+    plain_att = saved_elements(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.3).sum(), q, k, v)
     assert plain_att >= lean_att + probs

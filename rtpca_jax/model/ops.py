@@ -152,16 +152,30 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
 # ----------------------------------------------------------------- attention
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
     """``softmax(scale * q k^T) v`` for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``;
     the softmax in float32 or wider.  The gradient saves the probabilities
     (in the compute dtype) besides its inputs.
 
+    The products run head-major (``[N,H,T,d]``): the operands are transposed
+    first, so every product is a plain batched matrix product.  Contracting
+    the ``[N,T,H,d]`` operands in place (``nthd,nshd->nhts``) leaves the
+    layouts to XLA:CPU, which picked transposed ones for its matrix library:
+    the paper preset's temporal attention (17 x 8 heads, 243 queries, 273
+    keys) took 70 ms per call that way against 34 ms head-major, with
+    bit-identical results.
+
     The scale multiplies the queries, not the logits (exact when it is a
     power of two, as for head size 64): XLA:CPU hands a scalar factor of
     the ``[N, H, T, S]`` logits to its matmul library as a materialised
     ``[N, H, T, S]`` constant, which the backward pass would keep alive."""
+    heads_major = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731 - its own inverse
+    return heads_major(_attention(heads_major(q), heads_major(k), heads_major(v), scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """:func:`softmax_attention` on head-major ``q[N,H,T,d]``, ``k, v[N,H,S,d]``."""
     return _attention_fwd(q, k, v, scale)[0]
 
 
@@ -170,7 +184,7 @@ def _probs(qs, k):
     in the fusion that writes the probabilities, so XLA does not rebuild them
     in the backward pass from a kept ``exp(logits - max)`` and ``1 / sum``
     (a cheap product it would duplicate, keeping two arrays alive for one)."""
-    logits = jnp.einsum("nthd,nshd->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
+    logits = jnp.einsum("nhtd,nhsd->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
     m = jnp.max(logits, axis=-1, keepdims=True)
     lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
     return jnp.exp(logits - lse)
@@ -179,7 +193,7 @@ def _probs(qs, k):
 def _attention_fwd(q, k, v, scale):
     qs = q * jnp.asarray(scale, q.dtype)
     p = _probs(qs, k).astype(v.dtype)
-    out = jnp.einsum("nhts,nshd->nthd", p, v)
+    out = jnp.einsum("nhts,nhsd->nhtd", p, v)
     return out, (qs, k, v, p)
 
 
@@ -187,13 +201,13 @@ def _attention_bwd(scale, res, dout):
     qs, k, v, p = res
     dt = _stat_dtype(qs.dtype)
     dout = dout.astype(v.dtype)
-    dv = jnp.einsum("nhts,nthd->nshd", p, dout)
-    dp = jnp.einsum("nthd,nshd->nhts", dout, v, preferred_element_type=dt)
+    dv = jnp.einsum("nhts,nhtd->nhsd", p, dout)
+    dp = jnp.einsum("nhtd,nhsd->nhts", dout, v, preferred_element_type=dt)
     pf = p.astype(dt)
     ds = (pf * (dp - jnp.sum(pf * dp, axis=-1, keepdims=True))).astype(qs.dtype)
-    dq = jnp.einsum("nhts,nshd->nthd", ds, k) * jnp.asarray(scale, qs.dtype)
-    dk = jnp.einsum("nhts,nthd->nshd", ds, qs)
+    dq = jnp.einsum("nhts,nhsd->nhtd", ds, k) * jnp.asarray(scale, qs.dtype)
+    dk = jnp.einsum("nhts,nhtd->nhsd", ds, qs)
     return dq, dk, dv
 
 
-softmax_attention.defvjp(_attention_fwd, _attention_bwd)
+_attention.defvjp(_attention_fwd, _attention_bwd)
