@@ -80,12 +80,13 @@ def test_gelu_exact_gradient():
 
 
 @pytest.mark.parametrize("t,s", [(5, 5), (6, 9)])
-def test_softmax_attention_gradient(t, s):
+@pytest.mark.parametrize("d", [4, ops.HEAD_MAJOR_MIN_HEAD_DIM])  # contracted in place, head-major
+def test_softmax_attention_gradient(t, s, d):
     rng = np.random.default_rng(2)
-    q = jnp.asarray(rng.normal(size=(2, t, 3, 4)))
-    k = jnp.asarray(rng.normal(size=(2, s, 3, 4)))
-    v = jnp.asarray(rng.normal(size=(2, s, 3, 4)))
-    scale = 4 ** -0.5
+    q = jnp.asarray(rng.normal(size=(2, t, 3, d)))
+    k = jnp.asarray(rng.normal(size=(2, s, 3, d)))
+    v = jnp.asarray(rng.normal(size=(2, s, 3, d)))
+    scale = d ** -0.5
     _check_vjp(lambda q, k, v: ops.softmax_attention(q, k, v, scale), functools.partial(_plain_attention, scale=scale),
                (q, k, v))
 
@@ -179,11 +180,12 @@ def test_lean_layers_save_less_for_the_backward_pass():
         lambda x: nn.LayerNorm(use_fast_variance=False).apply({"params": {"scale": scale[0], "bias": bias[0]}}, x).sum(),
         x)
     assert plain_ln >= 2 * x.size
-    q = jnp.ones((1, 16, 2, 8))
-    probs = 1 * 2 * 16 * 16
-    k, v = q + 1, q + 2
-    lean_att = saved_elements(lambda q, k, v: ops.softmax_attention(q, k, v, 0.3).sum(), q, k, v)
-    # the scaled queries, the keys and values (head-major) and the probabilities
-    assert lean_att <= 3 * q.size + probs
-    plain_att = saved_elements(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.3).sum(), q, k, v)
-    assert plain_att >= lean_att + probs
+    for d in (8, ops.HEAD_MAJOR_MIN_HEAD_DIM):  # contracted in place, head-major
+        q = jnp.ones((1, 16, 2, d))
+        probs = 1 * 2 * 16 * 16
+        k, v = q + 1, q + 2
+        lean_att = saved_elements(lambda q, k, v: ops.softmax_attention(q, k, v, 0.3).sum(), q, k, v)
+        # the scaled queries, the keys and values and the probabilities
+        assert lean_att <= 3 * q.size + probs
+        plain_att = saved_elements(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.3).sum(), q, k, v)
+        assert plain_att >= lean_att + probs

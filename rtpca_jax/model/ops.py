@@ -152,61 +152,74 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
 # ----------------------------------------------------------------- attention
 
 
+# Head sizes from which the attention's products run head-major (below).
+HEAD_MAJOR_MIN_HEAD_DIM = 16
+
+
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
     """``softmax(scale * q k^T) v`` for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``;
     the softmax in float32 or wider.  The gradient saves the probabilities
     (in the compute dtype) besides its inputs.
 
-    The products run head-major (``[N,H,T,d]``): the operands are transposed
-    first, so every product is a plain batched matrix product.  Contracting
-    the ``[N,T,H,d]`` operands in place (``nthd,nshd->nhts``) leaves the
-    layouts to XLA:CPU, which picked transposed ones for its matrix library:
-    the paper preset's temporal attention (17 x 8 heads, 243 queries, 273
-    keys) took 70 ms per call that way against 34 ms head-major, with
-    bit-identical results.
+    For head sizes of ``HEAD_MAJOR_MIN_HEAD_DIM`` and more the products run
+    head-major: the operands are transposed to ``[N,H,T,d]`` first, so every
+    product is a plain batched matrix product.  Contracting the ``[N,T,H,d]``
+    operands in place (``nthd,nshd->nhts``) leaves the layouts to XLA:CPU,
+    which picked transposed ones for its matrix library: the paper preset's
+    temporal attention (17 x 8 heads of size 64, 243 queries, 273 keys) took
+    70 ms per call that way against 34 ms head-major, bit-identical, and its
+    training step and inference ran 1.08x faster.  For small heads the
+    transposes cost more than they save (``default.py``, head size 4: its
+    training step 0.86-0.96x), so those contract in place.
 
     The scale multiplies the queries, not the logits (exact when it is a
     power of two, as for head size 64): XLA:CPU hands a scalar factor of
     the ``[N, H, T, S]`` logits to its matmul library as a materialised
     ``[N, H, T, S]`` constant, which the backward pass would keep alive."""
+    if q.shape[-1] < HEAD_MAJOR_MIN_HEAD_DIM:
+        return _attention(q, k, v, scale, "thd")
     heads_major = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731 - its own inverse
-    return heads_major(_attention(heads_major(q), heads_major(k), heads_major(v), scale))
+    return heads_major(_attention(heads_major(q), heads_major(k), heads_major(v), scale, "htd"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
-    """:func:`softmax_attention` on head-major ``q[N,H,T,d]``, ``k, v[N,H,S,d]``."""
-    return _attention_fwd(q, k, v, scale)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, layout: str) -> jax.Array:
+    """:func:`softmax_attention` with ``q, k, v`` laid out ``[N,T,H,d]``
+    (``layout="thd"``) or head-major ``[N,H,T,d]`` (``"htd"``)."""
+    return _attention_fwd(q, k, v, scale, layout)[0]
 
 
-def _probs(qs, k):
+def _subscripts(layout: str) -> tuple[str, str]:
+    """einsum subscripts of the queries (and outputs) and of the keys/values."""
+    return "n" + layout, "n" + layout.replace("t", "s")
+
+
+def _attention_fwd(q, k, v, scale, layout):
     """``softmax(qs k^T)`` as ``exp(logits - logsumexp)``: the exponential is
     in the fusion that writes the probabilities, so XLA does not rebuild them
     in the backward pass from a kept ``exp(logits - max)`` and ``1 / sum``
     (a cheap product it would duplicate, keeping two arrays alive for one)."""
-    logits = jnp.einsum("nhtd,nhsd->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
+    tq, tk = _subscripts(layout)
+    qs = q * jnp.asarray(scale, q.dtype)
+    logits = jnp.einsum(f"{tq},{tk}->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
     m = jnp.max(logits, axis=-1, keepdims=True)
     lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
-    return jnp.exp(logits - lse)
-
-
-def _attention_fwd(q, k, v, scale):
-    qs = q * jnp.asarray(scale, q.dtype)
-    p = _probs(qs, k).astype(v.dtype)
-    out = jnp.einsum("nhts,nhsd->nhtd", p, v)
+    p = jnp.exp(logits - lse).astype(v.dtype)
+    out = jnp.einsum(f"nhts,{tk}->{tq}", p, v)
     return out, (qs, k, v, p)
 
 
-def _attention_bwd(scale, res, dout):
+def _attention_bwd(scale, layout, res, dout):
+    tq, tk = _subscripts(layout)
     qs, k, v, p = res
     dt = _stat_dtype(qs.dtype)
     dout = dout.astype(v.dtype)
-    dv = jnp.einsum("nhts,nhtd->nhsd", p, dout)
-    dp = jnp.einsum("nhtd,nhsd->nhts", dout, v, preferred_element_type=dt)
+    dv = jnp.einsum(f"nhts,{tq}->{tk}", p, dout)
+    dp = jnp.einsum(f"{tq},{tk}->nhts", dout, v, preferred_element_type=dt)
     pf = p.astype(dt)
     ds = (pf * (dp - jnp.sum(pf * dp, axis=-1, keepdims=True))).astype(qs.dtype)
-    dq = jnp.einsum("nhts,nhsd->nhtd", ds, k) * jnp.asarray(scale, qs.dtype)
-    dk = jnp.einsum("nhts,nhtd->nhsd", ds, qs)
+    dq = jnp.einsum(f"nhts,{tk}->{tq}", ds, k) * jnp.asarray(scale, qs.dtype)
+    dk = jnp.einsum(f"nhts,{tq}->{tk}", ds, qs)
     return dq, dk, dv
 
 
