@@ -65,12 +65,16 @@ def _count_flops(jitted, lowered, args) -> tuple[float, str]:
     return f, "lowered for cpu"
 
 
-def _time(fn, args, reps: int, sync=jax.block_until_ready) -> list[float]:
+def _time(fn, args, reps: int, sync=jax.block_until_ready, between: Callable[[], None] | None = None) -> list[float]:
+    """Wall seconds of ``reps`` calls; ``between()`` runs after each timed
+    call, outside the timing (the paired PyTorch call of ``--torch``)."""
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         sync(fn(*args))
         out.append(time.perf_counter() - t0)
+        if between is not None:
+            between()
     return out
 
 
@@ -201,7 +205,11 @@ def compile_case(config_path: str, case: str, batch: int, overrides=()) -> Compi
     return CompiledCase(fn if case == "inference" else step, lowered, lower_args, compiled, call, args, s, compile_s)
 
 
-def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=()) -> dict:
+def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, overrides=(),
+               partner: Callable[[], Callable[[], None]] | None = None) -> dict:
+    """One case compiled and timed.  ``partner``, called after the warm-up,
+    returns a function run after each timed call (outside the timing): the
+    paired PyTorch call of an interleaved ``--torch`` comparison."""
     from rtpca_jax.model import attention as attention_lib  # the model is imported where it is used, as above
 
     c = compile_case(config_path, case, batch, overrides)
@@ -210,7 +218,9 @@ def bench_case(config_path: str, case: str, batch: int, reps: int, peak: float, 
     if not np.isfinite(flops):  # no count available: NaN rather than a wrong count
         flops_source = "unavailable"
     jax.block_until_ready(call(*args))  # warm-up
-    return _record(config_path, case, batch, s, _time(call, args, reps), flops / batch, peak, compile_s,
+    between = partner() if partner is not None else None
+    return _record(config_path, case, batch, s, _time(call, args, reps, between=between), flops / batch, peak,
+                   compile_s,
                    dtype=str(s.dtype or "float32"), peak_device_bytes=_device_peak(),
                    device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{len(jax.devices())}",
                    framework=f"jax {jax.__version__}", attention=attention_lib.resolve_impl(s.attention_impl),
@@ -252,91 +262,165 @@ def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: f
                      flops_per_clip: float, device: str = "cpu", dtype: str = "float32", overrides=()) -> dict:
     """The same case with :mod:`rtpca_jax.torch_ref` (eager PyTorch, the
     official float32 network), timed the same way in a fresh process (so
-    neither runtime's thread pool competes with the other's); FLOPs are the
-    JAX model's (same math)."""
-    import subprocess
-
-    job = json.dumps(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
+    neither runtime's thread pool competes with the other's), after the JAX
+    case; FLOPs are the JAX model's (same math).  :class:`TorchPartner`
+    interleaves the two instead."""
+    w = TorchPartner(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
                           flops_per_clip=flops_per_clip, device=device, dtype=dtype, overrides=list(overrides)))
-    proc = subprocess.run([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
-                          input=job, capture_output=True, text=True)
-    if proc.returncode != 0:
-        why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else \
-            f"exit {proc.returncode}"
-        raise RuntimeError(f"PyTorch benchmark failed: {why}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    w.start()
+    for _ in range(reps):
+        w.call()
+    return w.finish()
+
+
+def _set_flops(rec: dict, flops_per_clip: float) -> None:
+    """A record's FLOP figures from the count of another program of the same math."""
+    rec["flops_per_clip"] = flops_per_clip
+    rec["achieved_flops_per_s"] = flops_per_clip * rec["batch"] / rec["median_s"]
+    rec["fraction_of_peak"] = rec["achieved_flops_per_s"] / rec["peak_flops_per_s"]
+
+
+class TorchPartner:
+    """The PyTorch statement of a case in its own process, called one step at
+    a time, so that a JAX case can alternate with it: JAX call, PyTorch call,
+    JAX call... The two then see the same machine, whatever a shared host's
+    speed does meanwhile (one call of each at a time, two processes, so the
+    thread pools never compete; both processes' memory is held at once)."""
+
+    def __init__(self, job: dict):
+        self.job = job
+        self.proc = None
+
+    def start(self) -> "TorchPartner":
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._send(self.job)
+        self._receive()  # set up, matmul peak and warm-up done
+        return self
+
+    def call(self) -> None:
+        self._send("go")
+        self._receive()
+
+    def finish(self) -> dict:
+        self._send("end")
+        rec = self._receive()
+        self.proc.wait()
+        return rec
+
+    def _send(self, msg) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self._failed()
+
+    def _receive(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self._failed()
+        return json.loads(line)
+
+    def _failed(self):
+        code = self.proc.wait()
+        why = f"killed by signal {-code} (out of memory?)" if code < 0 else f"exit {code}"
+        raise RuntimeError(f"PyTorch benchmark failed: {why}\n{self.proc.stderr.read()[-3000:]}")
 
 
 def _torch_worker() -> None:
-    job = json.loads(sys.stdin.read())
-    print(json.dumps(_torch_case(**job)))
+    """The process behind :class:`TorchPartner`: a job (one JSON line), then
+    ``"go"`` lines (one timed call each, answered with its seconds) and
+    ``"end"`` (answered with the record)."""
+    job = json.loads(sys.stdin.readline())
+    case = _TorchCase(**job)
+    print(json.dumps(case.first_s), flush=True)
+    for line in sys.stdin:
+        if json.loads(line) == "end":
+            break
+        print(json.dumps(case.step()), flush=True)
+    print(json.dumps(case.record()), flush=True)
 
 
-def _torch_case(config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
-                device: str = "cpu", dtype: str = "float32", overrides=()) -> dict:
-    """One case with the eager PyTorch statement; on CUDA, ``dtype='bfloat16'``
-    runs it under ``torch.autocast`` (float32 parameters, bf16 matmuls: the
-    usual PyTorch mixed precision)."""
-    import contextlib
+class _TorchCase:
+    """One case with the eager PyTorch statement, warmed up; on CUDA,
+    ``dtype='bfloat16'`` runs it under ``torch.autocast`` (float32
+    parameters, bf16 matmuls: the usual PyTorch mixed precision)."""
 
-    import torch
+    def __init__(self, config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
+                 device: str = "cpu", dtype: str = "float32", overrides=()):
+        import contextlib
 
-    from rtpca_jax import torch_ref
-    from rtpca_jax.config_lib import load_config_file
+        import torch
 
-    cfg = load_config_file(config_path, overrides)
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model = torch_ref.build(cfg.model).to(dev)
-    s = model.spec
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.uniform(-1, 1, (batch, s.num_frames, s.num_joints, 2)).astype(np.float32)).to(dev)
-    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if dtype == "bfloat16"
-           else contextlib.nullcontext())
+        from rtpca_jax import torch_ref
+        from rtpca_jax.config_lib import load_config_file
 
-    def sync(out):
+        self.torch, self.times = torch, []
+        self.args = (config_path, case, batch)
+        self.peak, self.flops_per_clip, self.dtype = peak, flops_per_clip, dtype
+        cfg = load_config_file(config_path, overrides)
+        torch.manual_seed(0)
+        dev = self.dev = torch.device(device)
+        model = torch_ref.build(cfg.model).to(dev)
+        s = self.spec = model.spec
+        rng = np.random.default_rng(0)
+        x = torch.from_numpy(rng.uniform(-1, 1, (batch, s.num_frames, s.num_joints, 2)).astype(np.float32)).to(dev)
+        amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+               else contextlib.nullcontext())
+        if case == "inference":
+            model.eval()
+
+            def call():
+                with torch.no_grad(), amp:
+                    return model(x)
+        else:
+            y = torch.from_numpy(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32)).to(dev)
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+            weights = [1.0] * s.num_joints  # as in compile_case
+            model.train()
+
+            def call():
+                opt.zero_grad(set_to_none=True)
+                with amp:
+                    loss = torch_ref.official_loss(model(x), y, weights)
+                loss.backward()
+                opt.step()
+                return loss
+
+        self.call = call
+        best = 0.0
+        for n in ((4096, 8192) if dev.type == "cuda" else (1024, 2048)):
+            tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+            a, b = torch.randn(n, n, device=dev, dtype=tdt), torch.randn(n, n, device=dev, dtype=tdt)
+            self.sync(a @ b)
+            best = max(best, 2.0 * n ** 3 / float(np.min(_time(lambda: a @ b, (), 7, sync=self.sync))))
+        self.matmul_peak = best
         if dev.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        self.sync(call())  # warm-up (eager: nothing to compile)
+        self.first_s = time.perf_counter() - t0
+
+    def sync(self, out):
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
         return out
 
-    if case == "inference":
-        model.eval()
+    def step(self) -> float:
+        self.times += _time(self.call, (), 1, sync=self.sync)
+        return self.times[-1]
 
-        def call():
-            with torch.no_grad(), amp:
-                return model(x)
-    else:
-        y = torch.from_numpy(rng.normal(0, 0.2, (batch, s.num_frames, s.num_joints, 3)).astype(np.float32)).to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        weights = [1.0] * s.num_joints  # as in compile_case
-        model.train()
-
-        def call():
-            opt.zero_grad(set_to_none=True)
-            with amp:
-                loss = torch_ref.official_loss(model(x), y, weights)
-            loss.backward()
-            opt.step()
-            return loss
-
-    best = 0.0
-    for n in ((4096, 8192) if dev.type == "cuda" else (1024, 2048)):
-        tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-        a, b = torch.randn(n, n, device=dev, dtype=tdt), torch.randn(n, n, device=dev, dtype=tdt)
-        sync(a @ b)
-        best = max(best, 2.0 * n ** 3 / float(np.min(_time(lambda: a @ b, (), 7, sync=sync))))
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    sync(call())  # warm-up (eager: nothing to compile)
-    first_s = time.perf_counter() - t0
-    times = _time(call, (), reps, sync=sync)
-    where = (f"cuda:{torch.cuda.get_device_name()}" if dev.type == "cuda"
-             else f"cpu ({torch.get_num_threads()} threads)")
-    return _record(config_path, case, batch, s, times, flops_per_clip, peak, first_s, dtype=dtype,
-                   peak_device_bytes=int(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else None,
-                   device=where, framework=f"torch {torch.__version__} eager",
-                   torch_matmul_peak_flops_per_s=best)
+    def record(self) -> dict:
+        torch, dev = self.torch, self.dev
+        where = (f"cuda:{torch.cuda.get_device_name()}" if dev.type == "cuda"
+                 else f"cpu ({torch.get_num_threads()} threads)")
+        return _record(*self.args, self.spec, self.times, self.flops_per_clip, self.peak, self.first_s,
+                       dtype=self.dtype,
+                       peak_device_bytes=int(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else None,
+                       device=where, framework=f"torch {torch.__version__} eager",
+                       torch_matmul_peak_flops_per_s=self.matmul_peak)
 
 
 def pipeline_throughput(config_path: str, batches: int = 200, steps: int = 10, overrides=()) -> dict:
@@ -394,10 +478,14 @@ def main(argv=None) -> int:
                     help="tf.data clips/s on the shipped data beside what each config's training step consumes")
     ap.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda when JAX runs on a GPU)")
     ap.add_argument("--json", help="write the records here")
+    ap.add_argument("--torch-after", action="store_true",
+                    help="with --torch: time PyTorch after the JAX case (its memory released first) rather than "
+                         "alternating one call of each; for cases whose two processes do not fit in memory at once")
     ap.add_argument("--torch", action="store_true",
                     help="also time each case with rtpca_jax.torch_ref (eager PyTorch statement of the official "
                          "network, needs the torch extra; model.dtype=bfloat16 runs it under autocast, remat and "
-                         "attention_impl apply to JAX only) and print the JAX/PyTorch speed ratio")
+                         "attention_impl apply to JAX only) and print the JAX/PyTorch speed ratio; the two alternate, one "
+                         "call of each in turn, so a shared machine's drifting speed falls on both")
     try:
         line = parse_command_line(ap, argv, min_configs=0, max_configs=64)
         a, files, overrides = line.args, line.files, line.overrides
@@ -447,14 +535,22 @@ def main(argv=None) -> int:
         for case in cases:
             batches = a.batch or DEFAULT_CASES.get(name, {}).get(case, (8,))
             for b in batches:
-                r = bench_case(c, case, b, a.reps, peak, overrides)
+                job = dict(config_path=c, case=case, batch=b, reps=a.reps, peak=peak, flops_per_clip=float("nan"),
+                           device=torch_device, dtype=peak_dtype, overrides=list(overrides))
+                partner = TorchPartner(job) if a.torch and not a.torch_after else None
+                r = bench_case(c, case, b, a.reps, peak, overrides,
+                               partner=None if partner is None else lambda: partner.start().call)
                 records.append(r)
                 print(_row(r), flush=True)
                 if a.torch:
-                    runtime.release_host_memory()  # the worker must not stack on this process's peak
-                    t = bench_torch_case(c, case, b, a.reps, peak, r["flops_per_clip"], device=torch_device,
-                                         dtype=peak_dtype, overrides=overrides)
+                    if partner is not None:
+                        t = partner.finish()
+                    else:
+                        runtime.release_host_memory()  # the worker must not stack on this process's peak
+                        t = bench_torch_case(**job)
+                    _set_flops(t, r["flops_per_clip"])  # the same math: the JAX program's count
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
+                    t["interleaved"] = partner is not None
                     records.append(t)
                     print(_row(t) + f"   JAX/PyTorch speed {t['jax_speedup']:.2f}x (PyTorch's own matmul: "
                           f"{t['torch_matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s)", flush=True)

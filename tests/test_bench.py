@@ -38,8 +38,10 @@ def test_torch_comparison_records(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "b.json"
     assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--case", "inference", "--batch", "2",
-                       "--reps", "1", "--torch", "--json", str(out)]) == 0
+                       "--reps", "2", "--torch", "--json", str(out)]) == 0
     jax_rec, torch_rec = json.load(open(out))
+    # the two alternated: as many PyTorch calls as JAX calls, in one worker
+    assert torch_rec["interleaved"] is True and torch_rec["reps"] == jax_rec["reps"] == 2
     assert FIELDS <= set(torch_rec) and torch_rec["framework"].startswith("torch")
     assert jax_rec["framework"].startswith("jax")
     assert torch_rec["flops_per_clip"] == jax_rec["flops_per_clip"] and torch_rec["batch"] == 2
