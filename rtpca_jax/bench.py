@@ -293,9 +293,12 @@ class TorchPartner:
 
     def start(self) -> "TorchPartner":
         import subprocess
+        import tempfile
 
+        # stderr to a file, not a pipe nobody reads while the worker runs (a full pipe would block it)
+        self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, "-c", "from rtpca_jax import bench; bench._torch_worker()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         self._send(self.job)
         self._receive()  # set up, matmul peak and warm-up done
         return self
@@ -318,15 +321,21 @@ class TorchPartner:
             self._failed()
 
     def _receive(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            self._failed()
-        return json.loads(line)
+        while True:  # the worker's answers, past anything else a library prints
+            line = self.proc.stdout.readline()
+            if not line:
+                self._failed()
+            if line.startswith(_ANSWER):
+                return json.loads(line[len(_ANSWER):])
 
     def _failed(self):
         code = self.proc.wait()
         why = f"killed by signal {-code} (out of memory?)" if code < 0 else f"exit {code}"
-        raise RuntimeError(f"PyTorch benchmark failed: {why}\n{self.proc.stderr.read()[-3000:]}")
+        self.stderr.seek(0)
+        raise RuntimeError(f"PyTorch benchmark failed: {why}\n{self.stderr.read()[-3000:]}")
+
+
+_ANSWER = "torch-worker: "
 
 
 def _torch_worker() -> None:
@@ -335,12 +344,12 @@ def _torch_worker() -> None:
     ``"end"`` (answered with the record)."""
     job = json.loads(sys.stdin.readline())
     case = _TorchCase(**job)
-    print(json.dumps(case.first_s), flush=True)
+    print(_ANSWER + json.dumps(case.first_s), flush=True)
     for line in sys.stdin:
         if json.loads(line) == "end":
             break
-        print(json.dumps(case.step()), flush=True)
-    print(json.dumps(case.record()), flush=True)
+        print(_ANSWER + json.dumps(case.step()), flush=True)
+    print(_ANSWER + json.dumps(case.record()), flush=True)
 
 
 class _TorchCase:

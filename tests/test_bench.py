@@ -48,6 +48,17 @@ def test_torch_comparison_records(tmp_path):
     assert torch_rec["device"].startswith("cpu") and torch_rec["torch_matmul_peak_flops_per_s"] > 0
 
 
+def test_a_failing_torch_worker_is_reported_with_its_error(tmp_path):
+    """The worker's own error reaches the caller (its stderr goes to a file,
+    read when it has ended), rather than a hang or a bare JSON error."""
+    import pytest
+
+    missing = str(tmp_path / "no_such_config.py")
+    job = dict(config_path=missing, case="inference", batch=1, reps=1, peak=1.0, flops_per_clip=1.0)
+    with pytest.raises(RuntimeError, match=r"(?s)PyTorch benchmark failed: exit 1.*no_such_config"):
+        bench.TorchPartner(job).start()
+
+
 def test_dotted_overrides_reach_the_benchmarked_model(tmp_path):
     out = tmp_path / "b.json"
     assert bench.main(["--config", str(REPO / "configs" / "default.py"), "--config.model.remat=True",
