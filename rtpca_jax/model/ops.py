@@ -195,7 +195,8 @@ def _subscripts(layout: str) -> tuple[str, str]:
 
 
 def _attention_fwd(q, k, v, scale, layout):
-    """``softmax(qs k^T)`` as ``exp(logits - logsumexp)``: the exponential is
+    """The output and what the backward pass keeps.  The probabilities are
+    ``exp(logits - logsumexp)``: the exponential is
     in the fusion that writes the probabilities, so XLA does not rebuild them
     in the backward pass from a kept ``exp(logits - max)`` and ``1 / sum``
     (a cheap product it would duplicate, keeping two arrays alive for one)."""
