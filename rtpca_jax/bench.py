@@ -265,12 +265,14 @@ def bench_torch_case(config_path: str, case: str, batch: int, reps: int, peak: f
     neither runtime's thread pool competes with the other's), after the JAX
     case; FLOPs are the JAX model's (same math).  :class:`TorchPartner`
     interleaves the two instead."""
-    w = TorchPartner(dict(config_path=config_path, case=case, batch=batch, reps=reps, peak=peak,
-                          flops_per_clip=flops_per_clip, device=device, dtype=dtype, overrides=list(overrides)))
+    w = TorchPartner(dict(config_path=config_path, case=case, batch=batch, peak=peak, device=device, dtype=dtype,
+                          overrides=list(overrides)))
     w.start()
     for _ in range(reps):
         w.call()
-    return w.finish()
+    rec = w.finish()
+    _set_flops(rec, flops_per_clip)
+    return rec
 
 
 def _set_flops(rec: dict, flops_per_clip: float) -> None:
@@ -357,8 +359,8 @@ class _TorchCase:
     ``dtype='bfloat16'`` runs it under ``torch.autocast`` (float32
     parameters, bf16 matmuls: the usual PyTorch mixed precision)."""
 
-    def __init__(self, config_path: str, case: str, batch: int, reps: int, peak: float, flops_per_clip: float,
-                 device: str = "cpu", dtype: str = "float32", overrides=()):
+    def __init__(self, config_path: str, case: str, batch: int, peak: float, device: str = "cpu",
+                 dtype: str = "float32", overrides=()):
         import contextlib
 
         import torch
@@ -368,7 +370,7 @@ class _TorchCase:
 
         self.torch, self.times = torch, []
         self.args = (config_path, case, batch)
-        self.peak, self.flops_per_clip, self.dtype = peak, flops_per_clip, dtype
+        self.peak, self.dtype = peak, dtype
         cfg = load_config_file(config_path, overrides)
         torch.manual_seed(0)
         dev = self.dev = torch.device(device)
@@ -425,7 +427,8 @@ class _TorchCase:
         torch, dev = self.torch, self.dev
         where = (f"cuda:{torch.cuda.get_device_name()}" if dev.type == "cuda"
                  else f"cpu ({torch.get_num_threads()} threads)")
-        return _record(*self.args, self.spec, self.times, self.flops_per_clip, self.peak, self.first_s,
+        # FLOPs: the caller sets the JAX program's count (_set_flops), the same math
+        return _record(*self.args, self.spec, self.times, float("nan"), self.peak, self.first_s,
                        dtype=self.dtype,
                        peak_device_bytes=int(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else None,
                        device=where, framework=f"torch {torch.__version__} eager",
@@ -544,8 +547,8 @@ def main(argv=None) -> int:
         for case in cases:
             batches = a.batch or DEFAULT_CASES.get(name, {}).get(case, (8,))
             for b in batches:
-                job = dict(config_path=c, case=case, batch=b, reps=a.reps, peak=peak, flops_per_clip=float("nan"),
-                           device=torch_device, dtype=peak_dtype, overrides=list(overrides))
+                job = dict(config_path=c, case=case, batch=b, peak=peak, device=torch_device, dtype=peak_dtype,
+                           overrides=list(overrides))
                 partner = TorchPartner(job) if a.torch and not a.torch_after else None
                 r = bench_case(c, case, b, a.reps, peak, overrides,
                                partner=None if partner is None else lambda: partner.start().call)
@@ -554,10 +557,10 @@ def main(argv=None) -> int:
                 if a.torch:
                     if partner is not None:
                         t = partner.finish()
+                        _set_flops(t, r["flops_per_clip"])  # the same math: the JAX program's count
                     else:
                         runtime.release_host_memory()  # the worker must not stack on this process's peak
-                        t = bench_torch_case(**job)
-                    _set_flops(t, r["flops_per_clip"])  # the same math: the JAX program's count
+                        t = bench_torch_case(**job, reps=a.reps, flops_per_clip=r["flops_per_clip"])
                     t["jax_speedup"] = t["median_s"] / r["median_s"]
                     t["interleaved"] = partner is not None
                     records.append(t)

@@ -54,7 +54,7 @@ def test_a_failing_torch_worker_is_reported_with_its_error(tmp_path):
     import pytest
 
     missing = str(tmp_path / "no_such_config.py")
-    job = dict(config_path=missing, case="inference", batch=1, reps=1, peak=1.0, flops_per_clip=1.0)
+    job = dict(config_path=missing, case="inference", batch=1, peak=1.0)
     with pytest.raises(RuntimeError, match=r"(?s)PyTorch benchmark failed: exit 1.*no_such_config"):
         bench.TorchPartner(job).start()
 
