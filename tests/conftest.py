@@ -1,5 +1,7 @@
 import os
 import pathlib
+import shutil
+import tempfile
 
 # The suite compiles many small programs on a 2-core CPU: XLA's backend
 # optimisation level 0 halves compile times and changes no result that the
@@ -14,6 +16,39 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("RTPCA_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "reference" / "golden"
 BVH_DIR = SHARED / "data" / "cmu_bvh"
+
+
+# The child processes of the whole-command tests (train.py, eval.py, the
+# converter, several JAX processes) compile the same few programs again and
+# again: they share one JAX persistent compilation cache, made fresh for each
+# pytest run (before pytest-xdist starts its workers, which inherit it) and
+# removed at its end.  The test process itself keeps compiling in memory.
+_CACHE_VAR = "RTPCA_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    if not os.environ.get(_CACHE_VAR):
+        os.environ[_CACHE_VAR] = tempfile.mkdtemp(prefix="rtpca-jax-test-xla-cache-")
+        config._rtpca_owned_cache = os.environ[_CACHE_VAR]
+
+
+def pytest_unconfigure(config):
+    owned = getattr(config, "_rtpca_owned_cache", None)
+    if owned:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def child_env(base=None, **extra) -> dict:
+    """Environment for a test's child process: ``base`` (default: this
+    process's) with the run's shared compilation cache, then ``extra``.  A
+    size limit makes JAX lock the cache while it reads and writes it, so two
+    processes never see half an entry."""
+    env = dict(os.environ if base is None else base)
+    if os.environ.get(_CACHE_VAR):
+        env["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_VAR]
+        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+    env.update(extra)
+    return env
 
 
 @pytest.fixture(scope="session")

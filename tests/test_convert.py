@@ -10,7 +10,7 @@ import pytest
 
 from data_fixtures import RunsCode
 
-from conftest import REPO
+from conftest import REPO, child_env
 from rtpca_jax import convert, model
 
 torch = pytest.importorskip("torch")
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 def _cli(*args):
     r = subprocess.run([sys.executable, "-m", "rtpca_jax.convert", *map(str, args)], capture_output=True,
-                       timeout=600, cwd=str(REPO))
+                       timeout=600, cwd=str(REPO), env=child_env())
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     return r.stdout.decode()
 

@@ -8,11 +8,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import child_env
+
 HELPER = os.path.join(os.path.dirname(__file__), "helpers", "three_steps.py")
 
 
 def _env(devices, **extra):
-    env = dict(os.environ)
+    env = child_env()
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env.update(extra)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, child_env
 from rtpca_jax import checkpoints, evaluation, model, train_lib
 from rtpca_jax.config_lib import base_config, load_config_file
 
@@ -28,7 +28,7 @@ def _train_cmd(workdir, *extra):
 
 
 def _env():
-    env = dict(os.environ)
+    env = child_env()
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("XLA_FLAGS", None)
     return env
