@@ -473,7 +473,7 @@ def _row(r: dict) -> str:
 def main(argv=None) -> int:
     from rtpca_jax import runtime
 
-    runtime.start()
+    runtime.start(compilation_cache=False)  # its compile times are part of what it measures
     from rtpca_jax.config_lib import load_config_file, parse_command_line
 
     ap = argparse.ArgumentParser(prog="python -m rtpca_jax.bench", description=__doc__.split("\n\n")[0],

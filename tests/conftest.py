@@ -7,6 +7,10 @@ import tempfile
 # optimisation level 0 halves compile times and changes no result that the
 # tests check (they compare against references with tolerances).
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# The commands' own compilation cache (runtime.enable_compilation_cache) stays
+# out of the test processes and of the user's ~/.cache; child_env below gives
+# the whole-command tests' children a cache of the run's own instead.
+os.environ["RTPCA_COMPILATION_CACHE"] = "off"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

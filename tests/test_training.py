@@ -469,3 +469,70 @@ def test_train_py_refuses_a_misspelt_config_field(tmp_path):
     assert proc.returncode != 0
     assert "num_epoch" in proc.stderr
     assert not (tmp_path / "wd").exists()
+
+
+@pytest.fixture
+def no_cache_config():
+    """Leave JAX's cache settings as found (no compilation happens meanwhile)."""
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_compilation_cache_max_size", saved[1])
+
+
+def test_compilation_cache_location(tmp_path, monkeypatch, caplog, no_cache_config):
+    from rtpca_jax import runtime
+
+    monkeypatch.setenv("RTPCA_COMPILATION_CACHE", "off")
+    assert runtime.enable_compilation_cache() is None and jax.config.jax_compilation_cache_dir is None
+    # default: under $XDG_CACHE_HOME, bounded
+    monkeypatch.setenv("RTPCA_COMPILATION_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    want = str(tmp_path / "xdg" / "rtpca-jax" / "xla")
+    assert runtime.enable_compilation_cache() == want and os.path.isdir(want)
+    assert jax.config.jax_compilation_cache_dir == want
+    assert jax.config.jax_compilation_cache_max_size == 2 << 30
+    # a directory JAX already has wins over the variable
+    monkeypatch.setenv("RTPCA_COMPILATION_CACHE", str(tmp_path / "other"))
+    assert runtime.enable_compilation_cache() == want and not (tmp_path / "other").exists()
+    # a path that cannot be a directory: off, with a warning naming it
+    jax.config.update("jax_compilation_cache_dir", None)
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("RTPCA_COMPILATION_CACHE", str(tmp_path / "a_file" / "xla"))
+    with caplog.at_level("WARNING"):
+        assert runtime.enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert "a_file" in caplog.text and "RTPCA_COMPILATION_CACHE" in caplog.text
+
+
+_CACHED_PROGRAM = """
+import json, sys
+import jax, jax.numpy as jnp
+from rtpca_jax.runtime import start
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+start()
+x = jnp.arange(64.0).reshape(8, 8)
+y = jax.jit(lambda a: jnp.tanh(a @ a.T / 100.0).sum(axis=0))(x)
+print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, "y": [float(v) for v in y],
+                  "hits": events.count("/jax/compilation_cache/cache_hits")}))
+"""
+
+
+def test_a_second_command_loads_the_compiled_program_from_the_cache(tmp_path):
+    """The real protocol, in two fresh processes: the first compiles and
+    stores, the second finds the entry and computes the same numbers."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", RTPCA_COMPILATION_CACHE=str(tmp_path / "cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _CACHED_PROGRAM], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert runs[0]["dir"] == str(tmp_path / "cache")
+    assert any(f.endswith("-cache") for f in os.listdir(tmp_path / "cache"))
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] >= 1
+    assert runs[1]["y"] == runs[0]["y"]
