@@ -131,12 +131,14 @@ def enable_compilation_cache() -> str | None:
     changed program is compiled anew, never taken from a stale entry; programs
     that compile in under a second are not stored (JAX's default).
 
-    Where: ``$RTPCA_COMPILATION_CACHE`` (a directory, or ``off``), else ``~/.cache/rtpca-jax/xla`` (``$XDG_CACHE_HOME`` honoured);
+    Where: ``$RTPCA_COMPILATION_CACHE`` (a local directory, or ``off``), else ``~/.cache/rtpca-jax/xla`` (``$XDG_CACHE_HOME`` honoured);
     a directory JAX was already given (``JAX_COMPILATION_CACHE_DIR``) wins.
     A local cache is capped at 2 GiB, least recently used entries evicted
     first (JAX then locks the directory, so concurrent processes share it
-    safely).  A directory that cannot be written leaves the cache off with
-    a warning.  Returns the cache's location, or None when it is off."""
+    safely).  A directory that cannot be written, or a bucket path (the
+    cache is host-local state, like ``~/.cache``: each host of a pod keeps
+    its own), leaves the cache off with a warning.  Returns the cache's
+    location, or None when it is off."""
     have = jax.config.jax_compilation_cache_dir
     if have:
         return have
@@ -144,20 +146,22 @@ def enable_compilation_cache() -> str | None:
     if choice.lower() in ("off", "0", "false", "no", "none"):
         return None
     path = choice or default_compilation_cache_dir()
-    local = "://" not in path
-    if local:
-        try:
-            os.makedirs(path, exist_ok=True)
-            if not os.access(path, os.W_OK | os.X_OK):
-                raise PermissionError(f"{path} is not writable")
-        except OSError as e:
-            from absl import logging
+    from rtpca_jax import storage
 
-            logging.warning("compilation cache off: cannot use %s (%s); set %s to another directory or to off",
-                            path, e, CACHE_ENV)
-            return None
+    try:
+        if storage.is_remote(path):
+            raise ValueError("a bucket path; give a local directory")
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable")
+    except (OSError, ValueError) as e:
+        from absl import logging
+
+        logging.warning("compilation cache off: cannot use %s (%s); set %s to another directory or to off",
+                        path, e, CACHE_ENV)
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
-    if local and jax.config.jax_compilation_cache_max_size == -1 and _have_filelock():
+    if jax.config.jax_compilation_cache_max_size == -1 and _have_filelock():
         jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
     return path
 

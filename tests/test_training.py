@@ -504,6 +504,12 @@ def test_compilation_cache_location(tmp_path, monkeypatch, caplog, no_cache_conf
         assert runtime.enable_compilation_cache() is None
     assert jax.config.jax_compilation_cache_dir is None
     assert "a_file" in caplog.text and "RTPCA_COMPILATION_CACHE" in caplog.text
+    # a bucket path: host-local state only, off with a warning (nothing is contacted)
+    caplog.clear()
+    monkeypatch.setenv("RTPCA_COMPILATION_CACHE", "gs://some-bucket/xla")
+    with caplog.at_level("WARNING"):
+        assert runtime.enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None and "gs://some-bucket/xla" in caplog.text
 
 
 _CACHED_PROGRAM = """
