@@ -79,6 +79,16 @@ def test_gelu_exact_gradient():
     _check_vjp(ops.gelu_exact, lambda x: x * ndtr(x), (x,))
 
 
+def test_gelu_unit_is_the_exact_gelu_with_its_constants_moved_out():
+    """``z + z erf z = sqrt 2 * gelu(sqrt 2 * z)`` = ``2 z Phi(sqrt 2 z)``."""
+    z = jnp.linspace(-5.0, 5.0, 97)
+    from jax.scipy.special import ndtr
+
+    _check_vjp(ops.gelu_unit, lambda z: 2 * z * ndtr(np.sqrt(2.0) * z), (z,))
+    np.testing.assert_allclose(ops.gelu_unit(z / np.sqrt(2.0)) / np.sqrt(2.0), ops.gelu_exact(z), rtol=1e-12,
+                               atol=1e-15)
+
+
 @pytest.mark.parametrize("t,s", [(5, 5), (6, 9)])
 @pytest.mark.parametrize("d", [4, ops.HEAD_MAJOR_MIN_HEAD_DIM])  # contracted in place, head-major
 def test_softmax_attention_gradient(t, s, d):
@@ -89,6 +99,9 @@ def test_softmax_attention_gradient(t, s, d):
     scale = d ** -0.5
     _check_vjp(lambda q, k, v: ops.softmax_attention(q, k, v, scale), functools.partial(_plain_attention, scale=scale),
                (q, k, v))
+    # without a gradient the primal form runs (normalised after the values' product)
+    np.testing.assert_allclose(ops.softmax_attention(q, k, v, scale), _plain_attention(q, k, v, scale), rtol=1e-12,
+                               atol=1e-14)
 
 
 @pytest.mark.parametrize("pad_to", [1, 2, 8])
@@ -173,6 +186,7 @@ def test_lean_layers_save_less_for_the_backward_pass():
     x = jnp.ones((64, 32))
     scale, bias = jnp.ones((1, 32)), jnp.zeros((1, 32))
     assert saved_elements(lambda x: ops.gelu_exact(x).sum(), x) == x.size
+    assert saved_elements(lambda x: ops.gelu_unit(x).sum(), x) == x.size
     assert saved_elements(lambda x: jax.nn.gelu(x, approximate=False).sum(), x) >= 3 * x.size
     lean_ln = saved_elements(lambda x: ops.normalize(x, scale, bias, 1, 1e-6).sum(), x)
     assert lean_ln <= x.size + 2 * 64 + 2 * 32

@@ -112,7 +112,7 @@ class DenseParams(nn.Module):
         return kernel, bias
 
 
-def _project(x, kernel, bias, dtype):
+def project(x, kernel, bias, dtype):
     dtype = dtype or jnp.result_type(x, kernel)
     y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
     return y if bias is None else y + bias.astype(dtype)
@@ -143,11 +143,11 @@ class Attention(nn.Module):
         kvk, kvb = DenseParams(2 * c, s.qkv_bias, s.param_dtype, name="kv")(c)
         if self.tpca:
             kv_src = Pyramid(s, name="pyramid")(h)
-            q = _project(h, qk, qb, s.dtype)
-            kv = _project(kv_src, kvk, kvb, s.dtype)
+            q = project(h, qk, qb, s.dtype)
+            kv = project(kv_src, kvk, kvb, s.dtype)
         else:
             # plain self-attention: one fused projection for queries, keys and values
-            fused = _project(h, jnp.concatenate([qk, kvk], axis=1),
+            fused = project(h, jnp.concatenate([qk, kvk], axis=1),
                              None if qb is None else jnp.concatenate([qb, kvb]), s.dtype)
             q, kv = fused[..., :c], fused[..., c:]
         q = q.reshape(n, length, heads, s.head_dim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rtpca_jax.model import ops
-from rtpca_jax.model.attention import KV, Attention
+from rtpca_jax.model.attention import KV, Attention, DenseParams, project
 from rtpca_jax.model.spec import ModelSpec
 
 
@@ -25,14 +26,24 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s = self.spec
-        dense = functools.partial(
-            nn.Dense, dtype=s.dtype, param_dtype=s.param_dtype,
-            kernel_init=nn.initializers.truncated_normal(0.02),
-        )
-        x = dense(s.mlp_hidden, name="fc1")(x)
-        x = ops.gelu(x, s.gelu_approximate)
+        if s.gelu_approximate:
+            dense = functools.partial(
+                nn.Dense, dtype=s.dtype, param_dtype=s.param_dtype,
+                kernel_init=nn.initializers.truncated_normal(0.02),
+            )
+            x = dense(s.mlp_hidden, name="fc1")(x)
+            x = ops.gelu(x, approximate=True)
+            x = nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
+            x = dense(s.width, name="fc2")(x)
+            return nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
+        # exact GELU: fc2(gelu(fc1 x)) = fc2'(gelu_unit(fc1' x)) with fc1' = fc1 / sqrt 2 and
+        # fc2's kernel / sqrt 2, so that the element-wise part has no constants (ops.gelu_unit)
+        r = 1.0 / math.sqrt(2.0)
+        k1, b1 = DenseParams(s.mlp_hidden, True, s.param_dtype, name="fc1")(x.shape[-1])
+        k2, b2 = DenseParams(s.width, True, s.param_dtype, name="fc2")(s.mlp_hidden)
+        x = ops.gelu_unit(project(x, k1 * r, b1 * r, s.dtype))
         x = nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
-        x = dense(s.width, name="fc2")(x)
+        x = project(x, k2 * r, b2, s.dtype)
         return nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
 
 
