@@ -84,3 +84,6 @@ def test_remat_saves_memory_in_the_compiled_step():
     plain = temp(2) - temp(1)
     remat = temp(2, "model.remat=True") - temp(1, "model.remat=True")
     assert 0 < remat < plain / 3
+    # the temporal blocks' attention sublayers only: between the two
+    attention = ("model.remat=True", "model.remat_blocks=temporal_attention")
+    assert remat < temp(2, *attention) - temp(1, *attention) < plain

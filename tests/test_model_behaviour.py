@@ -140,7 +140,7 @@ def test_remat_gives_same_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * scale)
 
 
-@pytest.mark.parametrize("blocks", ["all", "temporal"])
+@pytest.mark.parametrize("blocks", ["all", "temporal", "temporal_attention"])
 def test_remat_in_training_differentiates_its_own_forward_pass(blocks):
     """Dropout and drop path on: the re-run blocks must draw the forward
     pass's masks, so the gradient is the derivative of the very loss the

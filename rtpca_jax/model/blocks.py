@@ -72,12 +72,14 @@ class Block(nn.Module):
     drop_path_rate: float = 0.0
     tpca: bool = False
     train: bool = False
+    remat_attention: bool = False  # rematerialise the attention sublayer only (:func:`rematerialised`)
 
     @nn.compact
     def __call__(self, x: jax.Array, extra_kv: Optional[KV] = None) -> tuple[jax.Array, KV]:
         s = self.spec
         h = layer_norm(s, s.block_ln_eps, "norm1")(x)
-        a, kv = Attention(s, tpca=self.tpca, train=self.train, name="attn")(h, extra_kv)
+        attn = Attention(s, tpca=self.tpca, train=self.train, name="attn")
+        a, kv = (rematerialised(attn) if self.remat_attention else attn)(h, extra_kv)
         x = x + drop_path(self, a, self.drop_path_rate, self.train)
         m = Mlp(s, train=self.train, name="mlp")(layer_norm(s, s.block_ln_eps, "norm2")(x))
         x = x + drop_path(self, m, self.drop_path_rate, self.train)
@@ -87,9 +89,10 @@ class Block(nn.Module):
         return x, kv
 
 
-def rematerialised(block: Block) -> Callable:
+def rematerialised(block: nn.Module) -> Callable:
     """``block(x, extra_kv)`` that keeps only its inputs (and parameters) for
     the backward pass and runs the block again there, with plain gradients.
+    ``block``: a :class:`Block` or an :class:`Attention` (both return a pair).
 
     Unlike ``nn.remat`` (``jax.checkpoint``) this survives XLA:CPU, which
     drops the optimisation barriers that keep a rematerialisation apart
@@ -107,7 +110,7 @@ def rematerialised(block: Block) -> Callable:
     def forward(mdl: Block, x, extra_kv):
         params = mdl.variables["params"]
         s = mdl.spec
-        random = mdl.train and max(s.drop_rate, s.attn_drop_rate, mdl.drop_path_rate) > 0
+        random = mdl.train and max(s.drop_rate, s.attn_drop_rate, getattr(mdl, "drop_path_rate", 0.0)) > 0
         key = mdl.make_rng("dropout") if random else None
         return run(params, x, extra_kv, key), (params, x, extra_kv, key)
 

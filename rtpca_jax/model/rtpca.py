@@ -39,8 +39,9 @@ class PoseTransformer(nn.Module):
         x = nn.Dropout(s.drop_rate, deterministic=not train)(x)
 
         def block(name: str, rate: float, temporal: bool):
-            b = Block(s, rate, tpca=temporal and s.tpca, train=train, name=name)
-            remat = s.remat and (temporal or s.remat_blocks == "all")
+            attention_only = s.remat and temporal and s.remat_blocks == "temporal_attention"
+            b = Block(s, rate, tpca=temporal and s.tpca, train=train, remat_attention=attention_only, name=name)
+            remat = s.remat and (s.remat_blocks == "all" or (temporal and s.remat_blocks == "temporal"))
             return rematerialised(b) if remat else b
 
         rates = np.linspace(0.0, s.drop_path_rate, s.depth) if s.depth > 1 else [0.0]
