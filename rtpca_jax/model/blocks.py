@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Optional
 
@@ -26,24 +25,18 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s = self.spec
-        if s.gelu_approximate:
-            dense = functools.partial(
-                nn.Dense, dtype=s.dtype, param_dtype=s.param_dtype,
-                kernel_init=nn.initializers.truncated_normal(0.02),
-            )
-            x = dense(s.mlp_hidden, name="fc1")(x)
-            x = ops.gelu(x, approximate=True)
-            x = nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
-            x = dense(s.width, name="fc2")(x)
-            return nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
-        # exact GELU: fc2(gelu(fc1 x)) = fc2'(gelu_unit(fc1' x)) with fc1' = fc1 / sqrt 2 and
-        # fc2's kernel / sqrt 2, so that the element-wise part has no constants (ops.gelu_unit)
-        r = 1.0 / math.sqrt(2.0)
         k1, b1 = DenseParams(s.mlp_hidden, True, s.param_dtype, name="fc1")(x.shape[-1])
         k2, b2 = DenseParams(s.width, True, s.param_dtype, name="fc2")(s.mlp_hidden)
-        x = ops.gelu_unit(project(x, k1 * r, b1 * r, s.dtype))
+        if s.gelu_approximate:
+            x = ops.gelu(project(x, k1, b1, s.dtype), approximate=True)
+        else:
+            # fc2(gelu(fc1 x)) = fc2'(gelu_unit(fc1' x)) with fc1' = fc1 / sqrt 2 and fc2's kernel
+            # / sqrt 2, so that the element-wise part has no constants (ops.gelu_unit)
+            r = 1.0 / math.sqrt(2.0)
+            k1, b1, k2 = k1 * r, b1 * r, k2 * r
+            x = ops.gelu_unit(project(x, k1, b1, s.dtype))
         x = nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
-        x = project(x, k2 * r, b2, s.dtype)
+        x = project(x, k2, b2, s.dtype)
         return nn.Dropout(s.drop_rate, deterministic=not self.train)(x)
 
 

@@ -121,6 +121,7 @@ class LayerNorm(nn.Module):
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 
 @jax.custom_vjp
@@ -165,7 +166,7 @@ def _gelu_unit_bwd(z, dy):
     dt = _stat_dtype(z.dtype)
     zs = after(z, dy).astype(dt)
     # d/dz (z + z erf z) = 1 + erf z + z * 2/sqrt(pi) * exp(-z^2)
-    slope = 1 + jax.lax.erf(zs) + zs * jnp.exp(-zs * zs) * (2 * _INV_SQRT_2PI * math.sqrt(2.0))
+    slope = 1 + jax.lax.erf(zs) + zs * jnp.exp(-zs * zs) * _TWO_OVER_SQRT_PI
     return ((dy.astype(dt) * slope).astype(z.dtype),)
 
 
@@ -221,8 +222,7 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, layout: s
     273 keys: 19.9 against 31.8 ms per call on a 2-core CPU).  The forward
     pass of the gradient (below) keeps the normalised probabilities."""
     tq, tk = _subscripts(layout)
-    qs = q * jnp.asarray(scale, q.dtype)
-    logits = jnp.einsum(f"{tq},{tk}->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
+    qs, logits = _scaled_logits(q, k, scale, layout)
     e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     total = jnp.sum(e, axis=-1)  # [N, H, T]
     out = jnp.einsum(f"nhts,{tk}->{tq}", e.astype(v.dtype), v, preferred_element_type=e.dtype)
@@ -236,6 +236,13 @@ def _subscripts(layout: str) -> tuple[str, str]:
     return "n" + layout, "n" + layout.replace("t", "s")
 
 
+def _scaled_logits(q, k, scale, layout):
+    """The scaled queries and the ``[N,H,T,S]`` logits (float32 or wider)."""
+    tq, tk = _subscripts(layout)
+    qs = q * jnp.asarray(scale, q.dtype)
+    return qs, jnp.einsum(f"{tq},{tk}->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
+
+
 def _attention_fwd(q, k, v, scale, layout):
     """The output and what the backward pass keeps.  The probabilities are
     ``exp(logits - logsumexp)``: the exponential is
@@ -243,8 +250,7 @@ def _attention_fwd(q, k, v, scale, layout):
     in the backward pass from a kept ``exp(logits - max)`` and ``1 / sum``
     (a cheap product it would duplicate, keeping two arrays alive for one)."""
     tq, tk = _subscripts(layout)
-    qs = q * jnp.asarray(scale, q.dtype)
-    logits = jnp.einsum(f"{tq},{tk}->nhts", qs, k, preferred_element_type=_stat_dtype(qs.dtype))
+    qs, logits = _scaled_logits(q, k, scale, layout)
     m = jnp.max(logits, axis=-1, keepdims=True)
     lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
     p = jnp.exp(logits - lse).astype(v.dtype)
