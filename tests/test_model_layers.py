@@ -114,3 +114,28 @@ def test_drop_path_drops_whole_sequences_of_the_grouped_layout():
     assert set(np.unique(per_seq)) == {0.0, 2.0}
     assert 0.4 < (per_seq == 0).mean() < 0.6
     assert not np.all(per_seq == per_seq[:, :, :1])  # joints are independent
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_mlp_is_fc2_gelu_fc1(approximate):
+    """The MLP against ``fc2(gelu(fc1 x))`` written out from its parameters
+    (float64): the exact form runs as ``z + z erf z`` with ``1 / sqrt 2``
+    moved into fc1 and fc2, the tanh form as it is."""
+    from jax.scipy.special import ndtr
+
+    from rtpca_jax.model import spec as spec_lib
+    from rtpca_jax.model.blocks import Mlp
+
+    with jax.enable_x64(True):
+        s = spec_lib.resolve({"width": 8, "mlp_ratio": 2.0, "num_heads": 2, "num_frames": 27,
+                              "gelu_approximate": approximate, "param_dtype": "float64"})
+        m = Mlp(s)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 8)))
+        p = m.init(jax.random.PRNGKey(0), x)["params"]
+        h = x @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+        if approximate:
+            g = 0.5 * h * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+        else:
+            g = h * ndtr(h)
+        ref = g @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+        np.testing.assert_allclose(m.apply({"params": p}, x), ref, rtol=1e-12, atol=1e-13)
