@@ -84,3 +84,40 @@ def test_two_processes_from_tfds_match_one_process_and_the_file_source(tmp_path)
     worst = _compare(one, _two_processes(tmp_path, source))
     print(f"tfds source, 2 processes x 2 devices vs 1 device: max |param diff| {worst:.2e}; "
           f"tfds vs file source (1 device): identical, losses {one['losses']}")
+
+
+_COLLECTIVES = """
+import sys, jax, numpy as np
+from rtpca_jax.runtime import start
+start()
+from rtpca_jax import model, train_lib
+from rtpca_jax.config_lib import base_config
+from rtpca_jax.data import skeleton
+mesh = train_lib.make_mesh()
+assert mesh.devices.size == 2, mesh
+counts = []
+for depth in (1, 2):
+    cfg = base_config("rtpca")
+    cfg.model.update(dict(num_frames=27, width=8, depth=depth, num_heads=2, pyramid_levels=2))
+    module = model.build(cfg.model)
+    tx = train_lib.make_optimizer(cfg.train, 10)
+    state = train_lib.create_state(module, tx, 0, mesh)
+    step = train_lib.make_train_step(module, tx, cfg.train, mesh, train_lib.state_sharding(state, mesh),
+                                     skeleton.loss_weights(skeleton.get_layout("h36m17"), cfg.train.joint_weights))
+    p2 = train_lib.global_batch(np.zeros((4, 27, 17, 2), np.float32), mesh)
+    p3 = train_lib.global_batch(np.zeros((4, 27, 17, 3), np.float32), mesh)
+    counts.append(step.lower(state, p2, p3).compile().as_text().count(" all-reduce("))
+print(*counts)
+"""
+
+
+def test_data_parallel_step_communicates_once_whatever_the_depth():
+    """The training step's only cross-device traffic is the gradients' (and
+    the loss terms') sum: as many all-reduces for depth 2 as for depth 1.
+    A reduction over a whole batch-sharded activation inside the layers
+    (as the backward pass's recomputation gates once used) is one more
+    all-reduce per layer, each a rendezvous of the devices."""
+    r = subprocess.run([sys.executable, "-c", _COLLECTIVES], env=_env(2), capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    shallow, deep = map(int, r.stdout.decode().split())
+    assert 1 <= shallow == deep, (shallow, deep)
