@@ -121,6 +121,15 @@ def _newest_readable(ckpt, load: Callable[[int], Any], where: str):
     return None
 
 
+# Orbax writes a replicated array in per-device pieces, one slicing
+# computation each, when a piece holds at least this much (default: always).
+# Below a mebibyte the slicing costs more than the parallel write saves:
+# default.py's state on 2 CPU devices (4 x 204 arrays of at most 12 KiB) took
+# 0.71 s per save to hand over, 0.33 s written whole (8 alternated saves each,
+# medians).  The paper preset's large matrices are still split.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
 class Checkpoints:
     def __init__(self, directory: str, keep: int = 3):
         self.directory = storage.normalize(directory)
@@ -132,6 +141,8 @@ class Checkpoints:
         self._ckpt = ocp.training.Checkpointer(
             self.directory,
             preservation_policy=ocp.training.preservation_policies.AnyPreservationPolicy(policies),
+            context=ocp.Context(array_options=ocp.options.ArrayOptions(saving=ocp.options.ArrayOptions.Saving(
+                min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES))),
         )
         self._pending = None
 
@@ -141,9 +152,9 @@ class Checkpoints:
 
         ``wait=False`` returns once the arrays are copied off the devices
         (``state`` may then be donated to the next step) and writes the files
-        in the background: 0.3 s here against 1.2 s for ``default.py``'s
-        state.  A later save, :meth:`wait`, :meth:`steps` and :meth:`close`
-        wait for it (and raise its error, if it failed); a process killed
+        in the background: 0.33 s here against 1.2 s for ``default.py``'s
+        state on 2 CPU devices.  A later save, :meth:`wait`, :meth:`steps`
+        and :meth:`close` wait for it (and raise its error, if it failed); a process killed
         meanwhile leaves the previous checkpoint as the newest complete one."""
         step = int(jax.device_get(state.step))
         tree = {"state": state, "position": {"epoch": np.asarray(epoch, np.int64), "epoch_step": np.asarray(epoch_step, np.int64)}}
