@@ -154,8 +154,9 @@ class Checkpoints:
         (``state`` may then be donated to the next step) and writes the files
         in the background: 0.33 s here against 1.2 s for ``default.py``'s
         state on 2 CPU devices.  A later save, :meth:`wait`, :meth:`steps`
-        and :meth:`close` wait for it (and raise its error, if it failed); a process killed
-        meanwhile leaves the previous checkpoint as the newest complete one."""
+        and :meth:`close` wait for it (and raise its error, if it failed); a
+        process killed meanwhile leaves the previous checkpoint as the newest
+        complete one."""
         step = int(jax.device_get(state.step))
         tree = {"state": state, "position": {"epoch": np.asarray(epoch, np.int64), "epoch_step": np.asarray(epoch_step, np.int64)}}
         metrics = {METRIC: float(val_mpjpe_mm)} if val_mpjpe_mm is not None else None

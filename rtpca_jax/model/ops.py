@@ -55,10 +55,15 @@ def after(x: jax.Array, g: jax.Array) -> jax.Array:
     """
     if x.ndim != g.ndim:
         return x + (jnp.max(g) * 0).astype(x.dtype)
-    axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, g.shape)) if a == 1 and b != 1)
+    axes = _broadcast_axes(x.shape, g.shape)
     if axes:
         g = jnp.max(g, axis=axes, keepdims=True)
     return x + (g * 0).astype(x.dtype)
+
+
+def _broadcast_axes(shape: tuple, full: tuple) -> tuple:
+    """The axes along which ``shape`` (same rank) is broadcast to ``full``."""
+    return tuple(i for i, (a, b) in enumerate(zip(shape, full)) if a == 1 and b != 1)
 
 
 # ---------------------------------------------------------------- layer norm
@@ -88,8 +93,7 @@ def _normalize_fwd(x, scale, bias, axis, eps):
 
 
 def _reduce_to(g: jax.Array, shape: tuple) -> jax.Array:
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    return jnp.sum(g, axis=axes, keepdims=True).reshape(shape)
+    return jnp.sum(g, axis=_broadcast_axes(shape, g.shape), keepdims=True).reshape(shape)
 
 
 def _normalize_bwd(axis, eps, res, dy):
