@@ -21,6 +21,7 @@ Evaluation clips
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence as Seq
 
 import numpy as np
@@ -39,6 +40,9 @@ def _tf():
     except (RuntimeError, ValueError):
         pass
     return tf
+
+
+MAP_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # parallel batch gathers per process
 
 
 def clip_starts(length: int, frames: int, stride: Optional[int] = None) -> np.ndarray:
@@ -160,5 +164,11 @@ class ClipDataset:
 
         ds = tf.data.Dataset.from_tensor_slices((clips, flips))
         ds = ds.batch(self.local_batch, drop_remainder=True)
-        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.prefetch(prefetch)
+        ds = ds.map(gather, num_parallel_calls=MAP_THREADS, deterministic=True)
+        # No autotuning: its model thread made deleting an epoch's iterator
+        # wait for the thread's next wake-up, 30-48 s at some epoch ends on a
+        # 2-core host (README, "How long the main job took").  The gather is
+        # a few ms per batch, so fixed parallelism loses nothing.
+        opts = tf.data.Options()
+        opts.autotune.enabled = False
+        return ds.prefetch(prefetch).with_options(opts)
