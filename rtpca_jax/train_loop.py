@@ -5,7 +5,10 @@ Work directory layout::
 
     checkpoints/        Orbax checkpoints (latest K + best by validation MPJPE)
     train_log.jsonl     one line per training step: step, epoch, loss, lr
-    history.json        one record per epoch: losses, validation P1/P2/MPJVE
+    history.json        one record per epoch: losses, validation P1/P2/MPJVE, and
+                        where the time went (train_s: the epoch's steps; eval_s:
+                        its evaluation; elapsed_s: seconds since this process
+                        started training, when the record was made)
     tb/                 TensorBoard event files
     training_curve.png  loss and validation MPJPE against steps
     config.json         the resolved config of the run
@@ -222,6 +225,7 @@ class _Run:
 
     def __init__(self, cfg, workdir: str, announce: Optional[Callable[[str], None]]):
         self.cfg, self.workdir = cfg, workdir
+        self.started = time.perf_counter()
         self.is_main = jax.process_index() == 0
         self.train_seqs = load_split(cfg.data, "train")
         self.test_seqs = load_split(cfg.data, "test")
@@ -330,7 +334,9 @@ class _Run:
     def end_epoch(self, epoch: int, steps: int, losses: list, train_s: float) -> tuple[dict, dict]:
         """Evaluate, record, checkpoint and plot after an epoch: ``(record, scores)``."""
         cfg = self.cfg
+        t0 = time.perf_counter()
         scores = self.evaluate()
+        eval_s = time.perf_counter() - t0
         rec = {
             "epoch": epoch + 1, "step": self.global_step,
             "loss": float(np.mean(losses)) if losses else None,
@@ -338,6 +344,7 @@ class _Run:
             "clips_per_s": steps * cfg.train.batch_size / max(train_s, 1e-9),
             "val_mpjpe_mm": scores["mpjpe_mm"], "val_p_mpjpe_mm": scores["p_mpjpe_mm"],
             "val_mpjve_mm": scores["mpjve_mm"],
+            "eval_s": eval_s, "elapsed_s": time.perf_counter() - self.started,
         }
         self.history.append(rec)
         logging.info("epoch %d/%d step %d: loss %.4f  val P1 %.1f mm  P2 %.1f mm  MPJVE %.2f mm  (%.0f clips/s)",

@@ -56,6 +56,12 @@ def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_run(tmp_path):
     subprocess.run(_train_cmd(ref), env=_env(), check=True, capture_output=True, timeout=600)
     ref_losses = _losses(ref)
     assert [r["step"] for r in ref_losses] == list(range(1, 19))
+    # each epoch's record says where its time went; the parts fit in the time elapsed
+    ref_hist = json.load(open(ref / "history.json"))
+    parts = np.cumsum([h["train_s"] + h["eval_s"] for h in ref_hist])
+    elapsed = np.array([h["elapsed_s"] for h in ref_hist])
+    assert all(h["train_s"] > 0 and h["eval_s"] > 0 for h in ref_hist)
+    assert np.all(np.diff(elapsed) > 0) and np.all(elapsed >= parts), (elapsed, parts)
 
     run = tmp_path / "run"
     # 1) SIGKILL right after the first epoch's checkpoint (step 6) is complete.
