@@ -8,7 +8,7 @@ Work directory layout::
     history.json        one record per epoch: losses, validation P1/P2/MPJVE, and
                         where the time went (train_s: the epoch's steps; eval_s:
                         its evaluation; elapsed_s: seconds since this process
-                        started training, when the record was made)
+                        began the run, data loading and set-up included)
     tb/                 TensorBoard event files
     training_curve.png  loss and validation MPJPE against steps
     config.json         the resolved config of the run
