@@ -90,6 +90,27 @@ def maybe_initialize() -> None:
         jax.distributed.initialize()
 
 
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Wait until every process of a multi-process run has reached ``name``
+    (the coordination service's barrier; nothing with one process).
+
+    On CPUs the first cross-process collective sets up gloo, which gives the
+    other processes 30 s to arrive; a process slowed by data loading or
+    compilation on a busy host misses that and the run fails or hangs.
+    Waiting here first keeps the processes together before that collective."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client JAX's own shutdown barrier uses
+
+    client = distributed.global_state.client
+    if client is None:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+
+
 def start(cpu_devices: int = 0, compilation_cache: bool = True) -> None:
     """Start-up of every command: host allocator, CPU devices, compilation
     cache, then the process group.  ``cpu_devices``: see :func:`split_cpu`;

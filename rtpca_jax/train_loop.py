@@ -38,6 +38,7 @@ from rtpca_jax import checkpoints as ckpt_lib
 from rtpca_jax import config_lib
 from rtpca_jax import evaluation
 from rtpca_jax import model as model_lib
+from rtpca_jax import runtime
 from rtpca_jax import storage
 from rtpca_jax import train_lib
 from rtpca_jax.data import sources
@@ -280,6 +281,7 @@ class _Run:
         from rtpca_jax.tb_writer import Profile
 
         self.profile = Profile(cfg.train.get("profile_steps", "") if self.is_main else "", workdir)
+        self.met = False  # runtime.barrier before this process's first step
 
     def evaluate(self) -> dict:
         preds = evaluation.predict_sequences(self.predict, self.state.eval_params, self.test_seqs, self.frames,
@@ -297,6 +299,9 @@ class _Run:
         lrs = np.asarray(self.schedule(np.arange(self.global_step, self.global_step + self.steps_per_epoch - first)))
         for epoch_step in range(first, self.steps_per_epoch):
             p2, p3 = next(batches)
+            if not self.met:  # every process at its first step before the first collective
+                runtime.barrier("rtpca-jax: first training step")
+                self.met = True
             self.profile.before_step(self.global_step + 1)
             self.state, m = self.train_step(self.state, p2, p3)
             self.global_step += 1

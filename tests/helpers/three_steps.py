@@ -16,7 +16,7 @@ import numpy as np
 from rtpca_jax import model, train_lib
 from rtpca_jax.config_lib import base_config
 from rtpca_jax.data import skeleton
-from rtpca_jax.runtime import start
+from rtpca_jax.runtime import barrier, start
 
 
 def _pipeline_batches(source, batch, frames):
@@ -52,13 +52,20 @@ def main(out, source=None):
     rows = slice(p * batch // n, (p + 1) * batch // n)
     losses = []
     local = _pipeline_batches(source, batch, 27) if source else None
+    batches = []
     for i in range(3):
         if local is not None:  # this process's rows already
             x, y = local[i]
         else:
             x = rng.normal(size=(batch, 27, 17, 2)).astype(np.float32)[rows]
             y = (rng.normal(size=(batch, 27, 17, 3)).astype(np.float32) * 0.2)[rows]
-        state, m = step(state, train_lib.global_batch(x, mesh), train_lib.global_batch(y, mesh))
+        batches.append((train_lib.global_batch(x, mesh), train_lib.global_batch(y, mesh)))
+    # compiled before the processes meet, so that neither reaches the first
+    # collective long after the other (gloo's 30 s set-up; runtime.barrier)
+    step = step.lower(state, *batches[0]).compile()
+    barrier("three_steps: compiled")
+    for x, y in batches:
+        state, m = step(state, x, y)
         losses.append(float(m["loss"]))
     params = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), state.params)
     if p == 0:
