@@ -102,13 +102,8 @@ def barrier(name: str, timeout_s: float = 1800.0) -> None:
         return
     from jax._src import distributed  # the client JAX's own shutdown barrier uses
 
-    client = distributed.global_state.client
-    if client is None:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-        return
-    client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+    # several processes means jax.distributed.initialize ran, so the client exists
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
 
 
 def start(cpu_devices: int = 0, compilation_cache: bool = True) -> None:

@@ -281,7 +281,6 @@ class _Run:
         from rtpca_jax.tb_writer import Profile
 
         self.profile = Profile(cfg.train.get("profile_steps", "") if self.is_main else "", workdir)
-        self.met = False  # runtime.barrier before this process's first step
 
     def evaluate(self) -> dict:
         preds = evaluation.predict_sequences(self.predict, self.state.eval_params, self.test_seqs, self.frames,
@@ -299,9 +298,6 @@ class _Run:
         lrs = np.asarray(self.schedule(np.arange(self.global_step, self.global_step + self.steps_per_epoch - first)))
         for epoch_step in range(first, self.steps_per_epoch):
             p2, p3 = next(batches)
-            if not self.met:  # every process at its first step before the first collective
-                runtime.barrier("rtpca-jax: first training step")
-                self.met = True
             self.profile.before_step(self.global_step + 1)
             self.state, m = self.train_step(self.state, p2, p3)
             self.global_step += 1
@@ -397,6 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         storage.check_reachable(data_location(cfg.data), what="data")
     storage.makedirs(workdir)
     run = _Run(cfg, workdir, announce)
+    runtime.barrier("rtpca-jax: set up")  # every process set up before the first step's collective
     status, final = "done", {}
     with _Preemption() as preempt:
         for epoch in range(run.start_epoch, cfg.train.num_epochs):
