@@ -35,14 +35,21 @@ def adaptive_pool_matrix(length: int, out_length: int) -> np.ndarray:
 
 
 def adaptive_avg_pool(x: jax.Array, out_length: int, axis: int = 1) -> jax.Array:
-    """Adaptive average pooling of ``x`` along ``axis`` as one matrix product
-    (no transposes: the contraction is over ``axis`` in place)."""
+    """Adaptive average pooling of ``x`` along ``axis`` as one batched matrix
+    product over the axes before ``axis``: ``y[b] = M @ x[b]`` with the
+    averaging matrix ``M`` repeated per ``b`` (it is small: out_length x
+    length), so that both operands and the result keep their layout.
+    Contracting ``M`` with ``x`` unbatched (``ol,blr->bor``) made XLA:CPU
+    transpose ``x`` so that time was minor, and the result back: the pool
+    and its gradient took 3-4x longer at ``default.py``'s sizes (README,
+    Benchmarks)."""
     length = x.shape[axis]
     m = jnp.asarray(adaptive_pool_matrix(length, out_length), dtype=x.dtype)
     axis = axis % x.ndim
     lead = x.shape[:axis]
-    xr = x.reshape((int(np.prod(lead, dtype=np.int64)), length, -1))
-    y = jnp.einsum("ol,blr->bor", m, xr)
+    b = int(np.prod(lead, dtype=np.int64))
+    xr = x.reshape((b, length, -1))
+    y = jnp.einsum("bol,blr->bor", jnp.broadcast_to(m, (b,) + m.shape), xr)
     return y.reshape(lead + (out_length,) + x.shape[axis + 1:])
 
 
@@ -82,8 +89,13 @@ class DepthwiseUpsample(nn.Module):
 
     ``out[r*i + t, c] += kernel[t, c] * x[i, c]`` plus a per-channel bias, with
     ``k = out_length - r*(L_in - 1)`` so the output has exactly ``out_length``
-    steps.  Written as a scatter-free reshape: taps ``t < r`` land in block ``i``
-    and taps ``t >= r`` in block ``i + 1``.
+    steps.  Written phase by phase, without a scatter: with ``r <= k < 2r``,
+    output ``r*i + t`` is ``kernel[t] * x[i] + kernel[t + r] * x[i - 1]``
+    (the second term when ``t + r < k``); the ``r`` phases are interleaved by
+    a stack and a reshape.  (Forming every tap ``x[i] * kernel[t]`` first,
+    ``[N, L, k, ..., C]``, and adding two padded halves was 5 % of
+    ``default.py``'s training step: XLA:CPU wrote the kernel out broadcast to
+    that shape, README, Benchmarks.)
     """
 
     out_length: int
@@ -107,13 +119,11 @@ class DepthwiseUpsample(nn.Module):
         dtype = self.dtype or jnp.result_type(x, kernel)
         x = x.astype(dtype)
         kernel = kernel.astype(dtype)
-        # taps[n, i, t, ..., c] = x[n, i, ..., c] * kernel[t, c]
-        kshape = (k,) + (1,) * (len(rest) - 1) + (c,)
-        taps = x[:, :, None] * kernel.reshape(kshape)
         none = ((0, 0),) * len(rest)
-        first = jnp.pad(taps[:, :, :r], ((0, 0), (0, 1), (0, 0)) + none)
-        second = jnp.pad(taps[:, :, r:], ((0, 0), (1, 0), (0, 2 * r - k)) + none)
-        out = (first + second).reshape((n, (l_in + 1) * r, *rest))[:, : self.out_length]
+        cur = jnp.pad(x, ((0, 0), (0, 1)) + none)  # x[i] for i = 0..L_in (x[L_in] = 0)
+        prev = jnp.pad(x, ((0, 0), (1, 0)) + none)  # x[i - 1] (x[-1] = 0)
+        phases = [cur * kernel[t] + prev * kernel[t + r] if t + r < k else cur * kernel[t] for t in range(r)]
+        out = jnp.stack(phases, axis=2).reshape((n, (l_in + 1) * r, *rest))[:, : self.out_length]
         return out + bias.astype(dtype)
 
 
