@@ -31,7 +31,7 @@ def main(argv):
     del argv
     from rtpca_jax import evaluation, storage, train_lib
     from rtpca_jax.convert import load_model
-    from rtpca_jax.runtime import start
+    from rtpca_jax.runtime import barrier, start
     from rtpca_jax.train_loop import data_location, load_split
 
     logging.set_verbosity(logging.WARNING)
@@ -49,6 +49,8 @@ def main(argv):
     except (ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    # every process loaded before the first prediction's collective (gloo's 30 s set-up: runtime.barrier)
+    barrier("rtpca-jax eval: set up")
     mesh = train_lib.make_mesh()
     predict = evaluation.make_predict_fn(module, mesh)
     preds = evaluation.predict_sequences(predict, params, test, module.spec.num_frames, cfg.eval.batch_size, mesh,
