@@ -109,8 +109,16 @@ def barrier(name: str, timeout_s: float = 1800.0) -> None:
 def start(cpu_devices: int = 0, compilation_cache: bool = True) -> None:
     """Start-up of every command: host allocator, CPU devices, compilation
     cache, then the process group.  ``cpu_devices``: see :func:`split_cpu`;
-    ``compilation_cache=False`` for the benchmark, which times compilations."""
-    configure_host_allocator()
+    ``compilation_cache=False`` for the benchmark, which times compilations.
+
+    The host allocator is tuned only for one CPU device (and on accelerator
+    hosts): its single malloc arena serialises the allocations of several
+    CPU device threads.  ``default.py``'s step on 8 CPU devices took 1.24x
+    as long with it as without it, against 0.77x of the 2-device step
+    without it (README, Benchmarks); the paper-size step that needs the
+    tuning runs on one device."""
+    if cpu_devices <= 1:
+        configure_host_allocator()
     split_cpu(cpu_devices)
     if compilation_cache:
         enable_compilation_cache()
@@ -190,7 +198,10 @@ def split_cpu(n: int) -> bool:
     synchronises the threads after every kernel.  With two devices and the
     batch split between them (the training step's data-parallel mesh), each
     half runs mostly on its own core: ``configs/default.py``'s step at batch
-    16 on a 2-core CPU measured 9 % faster (README, Benchmarks).  It only
+    16 on a 2-core CPU measured 9 % faster (README, Benchmarks).  More
+    devices than cores fill the gaps where one device's thread waits (for
+    the other at the all-reduce, for the input pipeline): 8 devices took
+    0.73-0.77x the time of 2 in the training loop on 2 cores.  It only
     changes the CPU backend: on a GPU or TPU host the mesh is the
     accelerators, whatever ``n`` is.  A device count already forced through
     ``XLA_FLAGS`` wins; after JAX's backends have started it cannot change,

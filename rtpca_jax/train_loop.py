@@ -243,8 +243,10 @@ class _Run:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         self.mesh = mesh = train_lib.make_mesh()
         if cfg.train.batch_size % mesh.devices.size:
+            split = (f" (train.cpu_devices={cfg.train.cpu_devices} split the CPU; set it to a divisor of the batch)"
+                     if mesh.devices.flat[0].platform == "cpu" and cfg.train.cpu_devices > 1 else "")
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-                             f"{mesh.devices.size} devices")
+                             f"{mesh.devices.size} devices{split}")
         tx = train_lib.make_optimizer(cfg.train, self.steps_per_epoch)
         self.schedule = train_lib.learning_rate_schedule(cfg.train, self.steps_per_epoch)
         state = train_lib.create_state(self.module, tx, cfg.train.seed, mesh, ema=cfg.train.ema_decay > 0)

