@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import sys
 
 import jax
@@ -111,13 +112,15 @@ def start(cpu_devices: int = 0, compilation_cache: bool = True) -> None:
     cache, then the process group.  ``cpu_devices``: see :func:`split_cpu`;
     ``compilation_cache=False`` for the benchmark, which times compilations.
 
-    The host allocator is tuned only for one CPU device (and on accelerator
-    hosts): its single malloc arena serialises the allocations of several
-    CPU device threads.  ``default.py``'s step on 8 CPU devices took 1.24x
-    as long with it as without it, against 0.77x of the 2-device step
-    without it (README, Benchmarks); the paper-size step that needs the
-    tuning runs on one device."""
-    if cpu_devices <= 1:
+    The host allocator is tuned only where the CPU backend has one device
+    (:func:`cpu_device_count`): its single malloc arena serialises the
+    allocations of several CPU device threads.  ``default.py``'s step on 8
+    CPU devices took 1.24x as long with it as without it, against 0.77x of
+    the 2-device step without it (README, Benchmarks); the paper-size step
+    that needs the tuning runs on one device.  (An accelerator host given
+    ``cpu_devices > 1`` keeps glibc's defaults too; its step's temporaries
+    are on the accelerator.)"""
+    if cpu_device_count(cpu_devices) <= 1:
         configure_host_allocator()
     split_cpu(cpu_devices)
     if compilation_cache:
@@ -190,6 +193,19 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+def _forced_cpu_devices() -> int | None:
+    """The CPU device count forced through ``XLA_FLAGS``, if any."""
+    m = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(m.group(1)) if m else None
+
+
+def cpu_device_count(cpu_devices: int) -> int:
+    """How many devices JAX's CPU backend will have after ``start(cpu_devices)``:
+    a count forced through ``XLA_FLAGS`` wins, as in :func:`split_cpu`."""
+    forced = _forced_cpu_devices()
+    return forced if forced is not None else max(1, cpu_devices)
+
+
 def split_cpu(n: int) -> bool:
     """Make JAX's CPU backend ``n`` devices instead of one (0 or 1: leave it).
 
@@ -209,7 +225,7 @@ def split_cpu(n: int) -> bool:
     CPU backend will have ``n`` devices."""
     if n <= 1:
         return False
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if _forced_cpu_devices() is not None:
         return False
     try:
         jax.config.update("jax_num_cpu_devices", int(n))

@@ -18,7 +18,8 @@ from rtpca_jax.config_lib import base_config, load_config_file
 
 TINY = [
     "--config.model.width=16", "--config.model.depth=1", "--config.model.num_heads=2",
-    "--config.train.batch_size=4", "--config.train.cpu_devices=2", "--config.train.max_steps_per_epoch=6", "--config.train.num_epochs=3",
+    "--config.train.batch_size=4", "--config.train.cpu_devices=2", "--config.train.max_steps_per_epoch=6",
+    "--config.train.num_epochs=3",
     "--config.eval.batch_size=128", "--config.train.report_baselines=False",
 ]
 
@@ -325,6 +326,10 @@ def test_start_tunes_the_host_allocator_only_for_one_cpu_device(monkeypatch):
     calls.clear()
     runtime.start(compilation_cache=False)
     assert calls == ["alloc", "split 0"]
+    calls.clear()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")  # a forced split counts too
+    runtime.start(compilation_cache=False)
+    assert calls == ["split 0"]
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
