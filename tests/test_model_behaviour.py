@@ -184,6 +184,8 @@ def test_remat_in_training_differentiates_its_own_forward_pass(blocks):
         (dict(variant="rtpca", drop_path_rate=1.5), "drop_path_rate"),
         (dict(variant="rtpca", widht=32), "unknown"),
         (dict(variant="rtpca", attention_impl="magic"), "attention_impl"),
+        (dict(variant="rtpca", attention_cudnn_min_length=-1), "attention_cudnn_min_length"),
+        (dict(variant="rtpca", attention_cudnn_min_length=2.5), "attention_cudnn_min_length"),
         (dict(variant="rtpca", temporal_layout="sideways"), "temporal_layout"),
         (dict(variant="rtpca", remat=True, remat_blocks="spatial"), "remat_blocks"),
     ],

@@ -136,6 +136,41 @@ def test_attention_choice_off_nvidia_gpus_is_the_explicit_form(impl):
     np.testing.assert_array_equal(attend(q, k, v, impl=impl), attend(q, k, v, impl="explicit"))
 
 
+@pytest.mark.parametrize("layout", ["transposed", "grouped"])
+def test_cudnn_min_length_keeps_short_sequences_off_cudnn(monkeypatch, layout):
+    """With ``model.attention_cudnn_min_length`` the cuDNN path takes only the
+    sequences at least that long: the temporal stream's frames (27 here),
+    not the spatial stream's 17 joints, which take the explicit form.  The
+    GPU is simulated: ``fused_attention`` records the query lengths it is
+    given and computes plain attention."""
+    from rtpca_jax import model
+    from rtpca_jax.model import attention
+
+    seen = []
+
+    def fused(q, k, v, scale, impl, pad_to=1):
+        seen.append((q.shape[1], impl))
+        return _plain_attention(q, k, v, scale)
+
+    monkeypatch.setattr(attention, "on_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(attention, "fused_attention", fused)
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 27, 17, 2)), jnp.float32)
+    outs = {}
+    for min_length in (0, 18):
+        seen.clear()
+        m = model.build(dict(variant="rtpca", num_frames=27, width=16, depth=2, num_heads=4,
+                             drop_path_rate=0.0, attention_impl="cudnn", temporal_layout=layout,
+                             attention_cudnn_min_length=min_length))
+        params = model.init_params(m, jax.random.PRNGKey(0))
+        seen.clear()  # initialisation traced the blocks too
+        outs[min_length] = m.apply({"params": params}, x)
+        lengths = sorted({n for n, _ in seen})
+        assert {impl for _, impl in seen} == {"cudnn"}
+        assert lengths == ([17, 27] if min_length == 0 else [27]), (min_length, lengths)
+    # same parameters (same seed), same function: the explicit form for the joints
+    np.testing.assert_allclose(outs[0], outs[18], rtol=1e-5, atol=1e-5)
+
+
 def test_cudnn_attention_at_the_paper_size_on_a_gpu():
     """On an NVIDIA GPU: cuDNN's fused attention (bf16, padded from 243 to
     244 queries and 273 to 274 keys) against float32 explicit attention,

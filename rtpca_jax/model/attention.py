@@ -25,6 +25,7 @@ def attend(
     impl: str,
     dropout_rate: float = 0.0,
     dropout_rng: Optional[jax.Array] = None,
+    cudnn_min_length: int = 0,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for ``q[N,T,H,d]``, ``k, v[N,S,H,d]``.
 
@@ -39,11 +40,14 @@ def attend(
     query row: :func:`fused_attention`); shapes and dtypes it refuses all
     the same (float32, head sizes that are not a multiple of 8) and other
     backends take the ``explicit`` form, so ``cudnn`` means "cuDNN wherever
-    it runs".
+    it runs".  Queries shorter than ``cudnn_min_length`` tokens take the
+    ``explicit`` form instead of cuDNN (``model.attention_cudnn_min_length``).
     """
     scale = q.shape[-1] ** -0.5
     dropout = dropout_rate > 0 and dropout_rng is not None
     impl = resolve_impl(impl)
+    if impl == "cudnn" and q.shape[1] < cudnn_min_length:
+        impl = "explicit"
     if impl in ("xla", "cudnn") and not dropout:
         try:
             return fused_attention(q, k, v, scale, impl, pad_to=2 if impl == "cudnn" else 1)
@@ -160,6 +164,7 @@ class Attention(nn.Module):
         out = attend(
             q, k, v, impl=s.attention_impl, dropout_rate=s.attn_drop_rate if use_drop else 0.0,
             dropout_rng=self.make_rng("dropout") if use_drop else None,
+            cudnn_min_length=s.attention_cudnn_min_length,
         )
         out = out.reshape(h.shape)
         out = nn.Dense(

@@ -71,6 +71,14 @@ def default_config() -> ml_collections.ConfigDict:
     # preset on an H100: 11 % less time per step, 24 % less memory),
     # explicit elsewhere; einsum: the explicit form under plain autodiff.
     c.attention_impl = "auto"
+    # cuDNN (``auto``/``cudnn`` on an NVIDIA GPU) only for attention over at
+    # least this many tokens; shorter sequences take the explicit form.  0:
+    # cuDNN for every sequence.  On an H100 the spatial stream's 17 joints
+    # (padded to 18) ran through cuDNN's 64-row tiles at 4.5 TFLOP/s, 11 % of
+    # the paper preset's bf16 step (README, "Paper size on a GPU"); a value
+    # such as 32 keeps cuDNN for the 243 frames and not for the joints.  Not
+    # yet measured on a GPU, hence 0.
+    c.attention_cudnn_min_length = 0
     # Rematerialisation: keep only each block's input for the backward pass
     # and run the block again there (model/blocks.py: rematerialised).
     # remat_blocks: "all", or only the "temporal" blocks (paper preset on a
@@ -119,6 +127,7 @@ class ModelSpec:
     dtype: Any
     param_dtype: Any
     attention_impl: str
+    attention_cudnn_min_length: int
     temporal_layout: str
     remat: bool
     remat_blocks: str
@@ -228,6 +237,9 @@ def resolve(config: Mapping[str, Any] | ml_collections.ConfigDict) -> ModelSpec:
         raise ValueError(
             f"model.attention_impl={merged['attention_impl']!r}: expected auto, explicit, xla, cudnn or einsum"
         )
+    n = merged["attention_cudnn_min_length"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"model.attention_cudnn_min_length={n!r}: expected an integer >= 0")
     if merged["temporal_layout"] not in ("transposed", "grouped"):
         raise ValueError(f"model.temporal_layout={merged['temporal_layout']!r}: expected transposed or grouped")
     if merged["remat_blocks"] not in ("all", "temporal", "temporal_attention"):
