@@ -244,7 +244,8 @@ class _Run:
         self.mesh = mesh = train_lib.make_mesh()
         if cfg.train.batch_size % mesh.devices.size:
             split = (f" (train.cpu_devices={cfg.train.cpu_devices} split the CPU; set it to a divisor of the batch)"
-                     if mesh.devices.flat[0].platform == "cpu" and cfg.train.cpu_devices > 1 else "")
+                     if mesh.devices.flat[0].platform == "cpu" and cfg.train.cpu_devices > 1
+                     and runtime.cpu_device_count(cfg.train.cpu_devices) == cfg.train.cpu_devices else "")
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                              f"{mesh.devices.size} devices{split}")
         tx = train_lib.make_optimizer(cfg.train, self.steps_per_epoch)

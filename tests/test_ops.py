@@ -157,7 +157,6 @@ def test_cudnn_min_length_keeps_short_sequences_off_cudnn(monkeypatch, layout):
     x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 27, 17, 2)), jnp.float32)
     outs = {}
     for min_length in (0, 18):
-        seen.clear()
         m = model.build(dict(variant="rtpca", num_frames=27, width=16, depth=2, num_heads=4,
                              drop_path_rate=0.0, attention_impl="cudnn", temporal_layout=layout,
                              attention_cudnn_min_length=min_length))

@@ -309,6 +309,11 @@ def test_a_batch_the_cpu_split_does_not_divide_names_cpu_devices(monkeypatch, tm
     with pytest.raises(ValueError, match=r"batch_size=4 is not divisible by the 3 devices "
                                          r"\(train.cpu_devices=3 split the CPU; set it to a divisor"):
         train_loop._Run(cfg, str(tmp_path), None)
+    # a count forced through XLA_FLAGS wins over train.cpu_devices: no hint naming it then
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    cfg.train.cpu_devices = 8
+    with pytest.raises(ValueError, match=r"by the 3 devices$"):
+        train_loop._Run(cfg, str(tmp_path), None)
 
 
 def test_start_tunes_the_host_allocator_only_for_one_cpu_device(monkeypatch):
