@@ -138,11 +138,12 @@ class Checkpoints:
         policies = [ocp.training.preservation_policies.LatestN(keep)]
         policies.append(ocp.training.preservation_policies.BestN(
             get_metric_fn=lambda m: m[METRIC], reverse=True, n=1, keep_checkpoints_without_metrics=False))
+        context = ocp.Context()
+        context.array.saving.min_slice_bytes_for_replica_parallel = MIN_REPLICA_SLICE_BYTES
         self._ckpt = ocp.training.Checkpointer(
             self.directory,
             preservation_policy=ocp.training.preservation_policies.AnyPreservationPolicy(policies),
-            context=ocp.Context(array_options=ocp.options.ArrayOptions(saving=ocp.options.ArrayOptions.Saving(
-                min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES))),
+            context=context,
         )
         self._pending = None
 

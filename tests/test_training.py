@@ -160,6 +160,17 @@ def test_keeps_latest_and_best(tmp_path):
     assert ck.steps() == [1, 3, 4]  # best (10 mm) + the latest two
 
 
+def test_checkpointer_set_up_logs_no_orbax_deprecation(tmp_path, caplog):
+    """The checkpointer's options are set on an Orbax context, not passed as
+    option objects (which Orbax 0.12.8 logs as deprecated at every start of
+    ``train.py``); the option still reaches the context Orbax uses."""
+    with caplog.at_level("WARNING"):
+        ck = checkpoints.Checkpoints(str(tmp_path / "ck"), keep=2)
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert (ck._ckpt._context.array.saving.min_slice_bytes_for_replica_parallel
+            == checkpoints.MIN_REPLICA_SLICE_BYTES)
+
+
 def test_background_save_keeps_the_state_that_the_next_step_donates(tmp_path):
     """``save(wait=False)`` returns before the files are written, and the
     training step donates (reuses) the state's buffers: the checkpoint must
