@@ -66,9 +66,13 @@ def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformat
 
 
 def create_state(module, tx: optax.GradientTransformation, seed: int, mesh: Mesh,
-                 ema: bool = False) -> TrainState:
+                 ema: bool = False, on_shapes: Optional[Callable[[Any], None]] = None) -> TrainState:
     """Initial state, replicated over the mesh; with ``ema``, a moving average
-    of the parameters starting from the initial ones."""
+    of the parameters starting from the initial ones.
+
+    ``on_shapes(abstract_state)`` (``jax.ShapeDtypeStruct`` leaves with their
+    shardings) is called once the initialisation is traced and before it is
+    compiled, so that a caller can start compiling what takes the state."""
     from rtpca_jax.model import init_params
 
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -78,7 +82,38 @@ def create_state(module, tx: optax.GradientTransformation, seed: int, mesh: Mesh
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=dropout_key, ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else None)
 
-    return jax.jit(init, out_shardings=replicated(mesh))()
+    traced = jax.jit(init, out_shardings=replicated(mesh)).trace()
+    if on_shapes is not None:
+        on_shapes(traced.out_info)
+    return traced.lower().compile()()
+
+
+class CompileAhead:
+    """Compiles the jitted ``fn`` for arguments of the shapes and shardings in
+    ``args`` (``jax.ShapeDtypeStruct``) in a background thread: JAX keeps the
+    executable, so a later call with arrays of those shapes runs it without
+    compiling.  XLA's compilation releases the interpreter lock, so it
+    overlaps with what the caller does meanwhile (the state's initialisation,
+    TensorFlow's import).  Call :meth:`wait` before the first call: a call
+    made while this compiles would compile the same program a second time.
+    A failure here is dropped; the first call compiles again and raises it."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._compile, args=(fn, args), name="rtpca-compile-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _compile(self, fn, args) -> None:
+        try:
+            fn.lower(*args).compile()
+        except Exception as e:  # noqa: BLE001 - reported by the real call
+            self.error = e
+
+    def wait(self) -> None:
+        self._thread.join()
 
 
 def state_sharding(state: TrainState, mesh: Mesh):

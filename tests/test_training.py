@@ -327,6 +327,54 @@ def test_a_batch_the_cpu_split_does_not_divide_names_cpu_devices(monkeypatch, tm
         train_loop._Run(cfg, str(tmp_path), None)
 
 
+def test_the_training_step_compiles_during_set_up_and_not_again_at_the_first_step(tmp_path, monkeypatch):
+    """The run compiles its step in a background thread while the state is
+    initialised; the epoch's first call then runs that executable: no
+    compilation of the step happens in the epoch (JAX's compile events).  The
+    curve is drawn in a worker thread; its failure still reaches the caller."""
+    import threading
+
+    from rtpca_jax import train_loop
+
+    cfg = load_config_file(str(REPO / "configs" / "default.py"))
+    cfg.model.update(dict(width=8, depth=1, num_heads=2))
+    cfg.train.update(dict(batch_size=4, cpu_devices=1, max_steps_per_epoch=2, num_epochs=1))
+    events = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append((kw.get("fun_name"), threading.current_thread().name))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run = train_loop._Run(cfg, str(tmp_path), None)
+        ahead = run.compile_ahead
+        ahead.wait()
+        assert ahead.error is None
+        assert [t for f, t in events if f == "jit(step)"] == ["rtpca-compile-ahead"], events
+        events.clear()
+        with train_loop._Preemption() as preempt:
+            losses, _ = run.train_epoch(0, 0, preempt, None)
+        assert [f for f, _ in events if f == "jit(step)"] == [], events
+        assert run.compile_ahead is None
+        run.end_epoch(0, 2, losses, 1.0)  # the curve is drawn in a worker thread
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    run._wait_plot()
+    assert (tmp_path / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a plot that fails is reported, at the latest by close(), after the checkpoints and logs are closed
+    def fail(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_loop, "plot_curves", fail)
+    run.end_epoch(0, 2, losses, 1.0)
+    with pytest.raises(OSError, match="disk full"):
+        run.close()
+    assert json.loads((tmp_path / "history.json").read_text())[-1]["epoch"] == 1
+    assert checkpoints.Checkpoints(str(tmp_path / "checkpoints")).steps() == [2]
+
+
 def test_start_tunes_the_host_allocator_only_for_one_cpu_device(monkeypatch):
     """One malloc arena serialises several CPU device threads (README,
     Benchmarks: 8 devices 1.24x slower with it), so a split CPU keeps glibc's
