@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rtpca_jax import losses, runtime
+from rtpca_jax.model import ops
 
 
 @flax.struct.dataclass
@@ -144,7 +145,8 @@ def make_train_step(module, tx: optax.GradientTransformation, train_cfg, mesh: M
             pred = module.apply({"params": params}, pose2d, train=True, rngs={"dropout": rng})
             return losses.total_loss(pred, pose3d, weights, **lw)
 
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        with ops.weight_gradients_tied(mesh.devices.size == 1):
+            (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         out = {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}

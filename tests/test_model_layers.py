@@ -139,3 +139,34 @@ def test_mlp_is_fc2_gelu_fc1(approximate):
             g = h * ndtr(h)
         ref = g @ p["fc2"]["kernel"] + p["fc2"]["bias"]
         np.testing.assert_allclose(m.apply({"params": p}, x), ref, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_project_is_the_affine_map_with_its_gradient(bias):
+    """``project`` (a 2-D product over the flattened leading axes, with its own
+    gradient) against ``x @ kernel + bias`` contracted over the last axis of a
+    4-D ``x`` and differentiated by autodiff (float64)."""
+    from rtpca_jax.model.attention import project
+
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
+        k = jnp.asarray(rng.normal(size=(5, 6)))
+        b = jnp.asarray(rng.normal(size=(6,))) if bias else None
+        w = jnp.asarray(rng.normal(size=(2, 3, 4, 6)))
+
+        def ours(x, k, b):
+            return jnp.sum(jnp.sin(project(x, k, b, None)) * w)
+
+        def ref(x, k, b):
+            y = jnp.einsum("abcd,de->abce", x, k)
+            return jnp.sum(jnp.sin(y if b is None else y + b) * w)
+
+        args = (x, k, b) if bias else (x, k)
+        wrt = (0, 1, 2) if bias else (0, 1)
+        f_ours = (lambda *a: ours(*a)) if bias else (lambda x, k: ours(x, k, None))
+        f_ref = (lambda *a: ref(*a)) if bias else (lambda x, k: ref(x, k, None))
+        np.testing.assert_allclose(f_ours(*args), f_ref(*args), rtol=1e-12)
+        for g, r in zip(jax.grad(f_ours, wrt)(*args), jax.grad(f_ref, wrt)(*args)):
+            assert g.shape == r.shape
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)

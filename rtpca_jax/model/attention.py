@@ -116,10 +116,26 @@ class DenseParams(nn.Module):
         return kernel, bias
 
 
+class Dense(nn.Module):
+    """``nn.Dense`` (the same parameters and initialisation, truncated normal
+    0.02 and zero bias) applied through :func:`project`."""
+
+    features: int
+    dtype: Optional[jnp.dtype] = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.truncated_normal(0.02), (x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        return project(x, kernel, bias, self.dtype)
+
+
 def project(x, kernel, bias, dtype):
+    """``x[..., C] @ kernel + bias`` in ``dtype`` (:func:`ops.affine`)."""
     dtype = dtype or jnp.result_type(x, kernel)
-    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-    return y if bias is None else y + bias.astype(dtype)
+    return ops.affine(x.astype(dtype), kernel.astype(dtype), None if bias is None else bias.astype(dtype))
 
 
 class Attention(nn.Module):
@@ -167,9 +183,6 @@ class Attention(nn.Module):
             cudnn_min_length=s.attention_cudnn_min_length,
         )
         out = out.reshape(h.shape)
-        out = nn.Dense(
-            c, dtype=s.dtype, param_dtype=s.param_dtype,
-            kernel_init=nn.initializers.truncated_normal(0.02), name="proj",
-        )(out)
+        out = Dense(c, dtype=s.dtype, param_dtype=s.param_dtype, name="proj")(out)
         out = nn.Dropout(s.drop_rate, deterministic=not self.train)(out)
         return out, (k, v)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rtpca_jax.model.attention import pool_kv
+from rtpca_jax.model.attention import Dense, pool_kv
 from rtpca_jax.model.blocks import Block, layer_norm, rematerialised
 from rtpca_jax.model.spec import ModelSpec
 
@@ -29,10 +29,8 @@ class PoseTransformer(nn.Module):
         b, f, j, _ = pose2d.shape
         c = s.width
         pos_init = nn.initializers.truncated_normal(0.02)
-        x = nn.Dense(
-            c, dtype=s.dtype, param_dtype=s.param_dtype,
-            kernel_init=nn.initializers.truncated_normal(0.02), name="embed",
-        )(pose2d if s.dtype is None else pose2d.astype(s.dtype))
+        x = Dense(c, dtype=s.dtype, param_dtype=s.param_dtype, name="embed")(
+            pose2d if s.dtype is None else pose2d.astype(s.dtype))
         spatial_pos = self.param("spatial_pos", pos_init, (j, c), s.param_dtype)
         temporal_pos = self.param("temporal_pos", pos_init, (f, c), s.param_dtype)
         x = x + spatial_pos.astype(x.dtype)
@@ -75,10 +73,7 @@ class PoseTransformer(nn.Module):
             if s.double_temporal_output and i > 0:
                 x = x + x
         x = layer_norm(s, s.head_ln_eps, "head_norm")(x)
-        out = nn.Dense(
-            s.out_dim, dtype=s.dtype, param_dtype=s.param_dtype,
-            kernel_init=nn.initializers.truncated_normal(0.02), name="head",
-        )(x)
+        out = Dense(s.out_dim, dtype=s.dtype, param_dtype=s.param_dtype, name="head")(x)
         if s.dtype is not None:
             out = out.astype(jnp.promote_types(s.param_dtype, jnp.float32))
         return out
