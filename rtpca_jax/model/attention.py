@@ -110,10 +110,14 @@ class DenseParams(nn.Module):
 
     @nn.compact
     def __call__(self, in_features: int):
-        kernel = self.param("kernel", nn.initializers.truncated_normal(0.02), (in_features, self.features),
-                            self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
-        return kernel, bias
+        return _kernel_and_bias(self, in_features, self.features, self.use_bias, self.param_dtype)
+
+
+def _kernel_and_bias(module: nn.Module, in_features: int, features: int, use_bias: bool, param_dtype):
+    """A Dense layer's parameters in ``module``: kernel (truncated normal 0.02), bias (zeros) or None."""
+    kernel = module.param("kernel", nn.initializers.truncated_normal(0.02), (in_features, features), param_dtype)
+    bias = module.param("bias", nn.initializers.zeros, (features,), param_dtype) if use_bias else None
+    return kernel, bias
 
 
 class Dense(nn.Module):
@@ -126,9 +130,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.truncated_normal(0.02), (x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        kernel, bias = _kernel_and_bias(self, x.shape[-1], self.features, True, self.param_dtype)
         return project(x, kernel, bias, self.dtype)
 
 
