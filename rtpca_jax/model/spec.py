@@ -81,11 +81,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.attention_cudnn_min_length = 0
     # Rematerialisation: keep only each block's input for the backward pass
     # and run the block again there (model/blocks.py: rematerialised).
-    # remat_blocks: "all", or only the "temporal" blocks (paper preset on a
-    # 2-core CPU: half the step's temporary memory for 17-21% more time,
-    # against 28% of it for 27-29% with "all"; README, "Remat on XLA:CPU"),
-    # or only the temporal blocks' attention sublayers, "temporal_attention"
-    # (66% of the temporary memory for 7% more time).
+    # remat_blocks: "all", or only the "temporal" blocks, or only the
+    # temporal blocks' attention sublayers, "temporal_attention".  Paper
+    # preset at batch 1 on XLA:CPU: 38%, 61% and 69% of the step's temporary
+    # memory without remat (0.98, 1.56, 1.76 against 2.56 GiB); on a 2-core
+    # CPU the step without remat already needs less host memory than the
+    # PyTorch original at batch 1, 2 and 4 (README, "Paper size on a CPU").
     c.remat = False
     c.remat_blocks = "all"
     # How the temporal stream sees the [B, F, J, C] activations: "transposed"
