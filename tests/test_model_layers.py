@@ -164,8 +164,8 @@ def test_project_is_the_affine_map_with_its_gradient(bias):
 
         args = (x, k, b) if bias else (x, k)
         wrt = (0, 1, 2) if bias else (0, 1)
-        f_ours = (lambda *a: ours(*a)) if bias else (lambda x, k: ours(x, k, None))
-        f_ref = (lambda *a: ref(*a)) if bias else (lambda x, k: ref(x, k, None))
+        f_ours = ours if bias else (lambda x, k: ours(x, k, None))
+        f_ref = ref if bias else (lambda x, k: ref(x, k, None))
         np.testing.assert_allclose(f_ours(*args), f_ref(*args), rtol=1e-12)
         for g, r in zip(jax.grad(f_ours, wrt)(*args), jax.grad(f_ref, wrt)(*args)):
             assert g.shape == r.shape

@@ -29,8 +29,7 @@ class PoseTransformer(nn.Module):
         b, f, j, _ = pose2d.shape
         c = s.width
         pos_init = nn.initializers.truncated_normal(0.02)
-        x = Dense(c, dtype=s.dtype, param_dtype=s.param_dtype, name="embed")(
-            pose2d if s.dtype is None else pose2d.astype(s.dtype))
+        x = Dense(c, dtype=s.dtype, param_dtype=s.param_dtype, name="embed")(pose2d)  # cast by Dense
         spatial_pos = self.param("spatial_pos", pos_init, (j, c), s.param_dtype)
         temporal_pos = self.param("temporal_pos", pos_init, (f, c), s.param_dtype)
         x = x + spatial_pos.astype(x.dtype)
