@@ -78,6 +78,29 @@ def _time(fn, args, reps: int, sync=jax.block_until_ready, between: Callable[[],
     return out
 
 
+def host_cpu(cpuinfo: str | None = None) -> str:
+    """The CPU model and its widest x86 vector extension, e.g. ``"AMD EPYC,
+    AVX-512"``, from ``/proc/cpuinfo`` (or the text given); the machine type
+    where there is no such file.  The development VM's host changed between
+    days (AVX2 or AVX-512 under the same name): the float32 product peak
+    changed 7-9x with it and the timings 3-7x, so each record says which."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else ""
+    return f"{model}, {vector}" if vector else model
+
+
 def _record(config_path: str, case: str, batch: int, spec, times: list[float], flops_per_clip: float,
             peak: float, compile_s: float, **extra) -> dict:
     med = float(np.median(times))
@@ -88,7 +111,7 @@ def _record(config_path: str, case: str, batch: int, spec, times: list[float], f
         "clips_per_s": batch / med, "frames_per_s": batch * spec.num_frames / med,
         "flops_per_clip": flops_per_clip, "achieved_flops_per_s": flops_per_clip * batch / med,
         "peak_flops_per_s": peak, "fraction_of_peak": flops_per_clip * batch / med / peak,
-        "compile_s": compile_s, "peak_rss_bytes": _peak_rss(), **extra,
+        "compile_s": compile_s, "peak_rss_bytes": _peak_rss(), "host_cpu": host_cpu(), **extra,
     }
 
 
@@ -511,7 +534,7 @@ def main(argv=None) -> int:
         print(f"error: the configs compute in different dtypes {sorted(dtypes)}; bench them separately",
               file=sys.stderr)
         return 2
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
+    print(f"{host_cpu()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
           f"devices {jax.devices()}")
     if a.pipeline:
         for c in files or [os.path.join(REPO_CONFIGS, "default.py")]:

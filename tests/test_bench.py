@@ -6,7 +6,7 @@ from conftest import REPO
 from rtpca_jax import bench
 
 FIELDS = {"config", "case", "batch", "frames", "median_s", "clips_per_s", "flops_per_clip",
-          "achieved_flops_per_s", "peak_flops_per_s", "compile_s", "peak_rss_bytes"}
+          "achieved_flops_per_s", "peak_flops_per_s", "compile_s", "peak_rss_bytes", "host_cpu"}
 
 
 def test_bench_records_have_every_field(tmp_path):
@@ -30,6 +30,20 @@ def test_bench_records_have_every_field(tmp_path):
     # XLA's memory analysis: the arguments hold at least the float32 parameters and the input batch
     assert r["xla_argument_bytes"] >= 4 * (model.count_params(p) + 4 * 27 * 17 * 2)
     assert r["flops_source"] == "lowered" and r["peak_flops_per_s"] > 0
+
+
+def test_host_cpu_names_the_model_and_the_widest_vector_extension():
+    # /proc/cpuinfo excerpts (two processors each; the first one's fields count)
+    avx512 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+              "flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
+              "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n")
+    avx2 = "processor\t: 0\nmodel name\t: AMD EPYC 7551 32-Core Processor\nflags\t\t: fpu sse2 avx fma avx2\n"
+    assert bench.host_cpu(avx512) == "AMD EPYC, AVX-512"
+    assert bench.host_cpu(avx2) == "AMD EPYC 7551 32-Core Processor, AVX2"
+    # no cpuinfo (another OS): the machine type, no vector extension claimed
+    import platform
+
+    assert bench.host_cpu("") == (platform.processor() or platform.machine())
 
 
 def test_torch_comparison_records(tmp_path):
