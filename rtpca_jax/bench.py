@@ -19,6 +19,7 @@ device, so each result is also a ratio to what this machine can do.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -78,6 +79,17 @@ def _time(fn, args, reps: int, sync=jax.block_until_ready, between: Callable[[],
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _proc_cpuinfo() -> str:
+    """This host's ``/proc/cpuinfo`` (a kernel file, not user data: no path
+    layer), read once per process; "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def host_cpu(cpuinfo: str | None = None) -> str:
     """The CPU model and its widest x86 vector extension, e.g. ``"AMD EPYC,
     AVX-512"``, from ``/proc/cpuinfo`` (or the text given); the machine type
@@ -85,11 +97,7 @@ def host_cpu(cpuinfo: str | None = None) -> str:
     days (AVX2 or AVX-512 under the same name): the float32 product peak
     changed 7-9x with it and the timings 3-7x, so each record says which."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = _proc_cpuinfo()
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
