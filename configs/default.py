@@ -28,10 +28,11 @@ def get_config():
 
     t = c.train
     t.batch_size = 16
-    # CPU only: 8 devices of 2 clips each, 4 threads per core on 2 cores; on an AVX-512 host 1 device ran the
-    # main command in 2:39 against 3:10-3:14 with 8, on an AVX2 host 8 were the fastest (README, Benchmarks)
+    # CPU only: 8 devices of 2 clips each, 4 threads per core on 2 cores. On an AVX2 host 8 took 0.73-0.77x the
+    # time of 2; on an AVX-512 host 1 device took 0.95x the time of 8 (three alternated runs each): 8 is the
+    # smaller loss where the host is unknown (README, Benchmarks)
     t.cpu_devices = 8
-    t.num_epochs = 7  # 241 steps each; 4 1/2 to 5 min on 2 CPU cores (README)
+    t.num_epochs = 7  # 241 steps each; 3-4 min on 2 cores of an AVX-512 host, 10-13 min of an AVX2 one (README)
     t.lr = 3e-3
     t.lr_decay = 0.85
     t.weight_decay = 0.01
